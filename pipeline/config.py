@@ -1,0 +1,523 @@
+"""Typed experiment configuration: params.yaml → dataclasses, validation, sweep expansion.
+
+`params.yaml` is the single source of truth. Snakemake reads it as its config and calls :func:`load` on it before
+any job starts; every `python -m pipeline.*` stage reads the resolved per-variant config through the same code.
+Every field is documented where it is declared. Anything that changes over training uses one notation,
+``[start_step, start_value, end_value, end_step]`` (see :func:`scheduled`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+Scheduled = Union[float, list[float]]
+"""A number, or ``[start_step, start_value, end_value, end_step]`` interpolated linearly between the steps."""
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message names the file, the key and the fix."""
+
+
+def scheduled(value: Scheduled, step: int) -> float:
+    """Evaluate a :data:`Scheduled` value at ``step`` (linear between start_step and end_step, clamped outside)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    start_step, v0, v1, end_step = value
+    if end_step <= start_step:
+        return float(v1 if step >= end_step else v0)
+    frac = min(max((step - start_step) / (end_step - start_step), 0.0), 1.0)
+    return float(v0 + (v1 - v0) * frac)
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict[str, Any]:
+    return {"min": lo, "max": hi, "lo_open": lo_open}
+
+
+@dataclass
+class PromptsConfig:
+    benchmark: str = "primitives"
+    """Prompt set: the file prompts/<benchmark>.txt, one caption a line. Its captions are also the retrieval set."""
+    select: list[str] = field(default_factory=list)
+    """Captions (normalised or raw) to train; empty trains every caption. The retrieval set stays the whole file."""
+    max_tokens: int = field(default=77, metadata=_range(1))
+    """Text-encoder context length; longer prompts get a warning (they are truncated by the encoder)."""
+
+
+@dataclass
+class GuidanceConfig:
+    name: Literal["world", "world-unet", "stable-diffusion", "deepfloyd-if"] = "world"
+    """The 2D prior: the bundled closed-form world prior, the bundled learned UNet, Stable Diffusion, DeepFloyd IF."""
+    model: str = ""
+    """Hub name or local diffusers directory; empty picks the default for `name`."""
+    convention: Literal["dreamfusion", "diffusers"] = "dreamfusion"
+    """CFG form: dreamfusion ε̂ = ε_c + ω(ε_c − ε_u); diffusers ε̂ = ε_u + s(ε_c − ε_u) (s = ω + 1)."""
+    scale: float = field(default=10.0, metadata=_range(0.0))
+    """Guidance weight: ω under the dreamfusion convention, s under the diffusers one."""
+    weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"
+    """w(t): sds = σ_t² = 1 − ᾱ_t (paper), uniform = 1, fantasia3d = √ᾱ_t (1 − ᾱ_t)."""
+    score_clip: Scheduled = 0.0
+    """Debiased SDS: clamp (ε̂ − ε) elementwise to ±threshold (0 = off); a schedule makes it grow linearly."""
+    view_suffix: bool = True
+    """Append the view-dependent suffix (", front view", ...) to the prompt, as in the paper."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Guidance model dtype; auto = fp16 on a GPU, fp32 on a CPU."""
+    latent_resolution: int = field(default=512, metadata=_range(8))
+    """Latent models: renders are resized to this many pixels before the VAE encoder (SD 2.1-base: 512)."""
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["uniform", "anneal", "step", "hifa", "dreamtime"] = "uniform"
+    """Timestep schedule: uniform U(t_min, t_max); anneal (t_min/t_max scheduled); step; hifa; dreamtime."""
+    t_min: Scheduled = 0.02
+    """Lower timestep bound as a fraction of the model's T; a schedule list for `anneal`."""
+    t_max: Scheduled = 0.98
+    """Upper timestep bound as a fraction of the model's T; a schedule list for `anneal`."""
+    switch_step: int = field(default=5000, metadata=_range(0))
+    """`step` schedule: from this step on, t_max becomes `t_max_after` (ProlificDreamer: 5000)."""
+    t_max_after: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    """`step` schedule: upper bound after `switch_step`."""
+    dreamtime_m1: float = 800.0
+    """DreamTime prior: flat between m2 and m1 (timesteps out of 1000) ..."""
+    dreamtime_m2: float = 500.0
+    """... with Gaussian tails of width s1 above m1 and s2 below m2."""
+    dreamtime_s1: float = field(default=300.0, metadata=_range(0.0, lo_open=True))
+    """DreamTime: tail width above m1."""
+    dreamtime_s2: float = field(default=100.0, metadata=_range(0.0, lo_open=True))
+    """DreamTime: tail width below m2."""
+
+
+@dataclass
+class CameraConfig:
+    distance: list[float] = field(default_factory=lambda: [2.0, 2.5])
+    """Camera distance range from the origin (paper: U(1.0, 1.5) in its own units)."""
+    elevation: list[float] = field(default_factory=lambda: [-10.0, 90.0])
+    """Elevation range in degrees; half the samples uniform in angle, half uniform in area (paper)."""
+    focal: list[float] = field(default_factory=lambda: [0.7, 1.35])
+    """Focal length as a multiple of the image width (paper: λ ~ U(0.7, 1.35), ≈ 40°–71° field of view)."""
+    position_jitter: float = field(default=0.1, metadata=_range(0.0))
+    """Camera position jitter U(−j, j)³."""
+    look_at_jitter: float = field(default=0.2, metadata=_range(0.0))
+    """Look-at point jitter: N(0, j² I) (paper: N(0, 0.2 I) read as std 0.2)."""
+    up_jitter: float = field(default=0.02, metadata=_range(0.0))
+    """Up-vector noise N(0, j² I)."""
+    light_distance: list[float] = field(default_factory=lambda: [0.8, 1.5])
+    """Point light: direction ~ N(camera position, I), distance in this range times the camera distance."""
+    eval_elevation: float = 30.0
+    """Evaluation views: elevation in degrees (paper: 30°); distance and focal are the midpoints of the ranges."""
+
+
+@dataclass
+class FieldConfig:
+    resolution: int = field(default=32, metadata=_range(4))
+    """Dense feature grid resolution per axis over the cube [−bound, bound]³."""
+    features: int = field(default=4, metadata=_range(4))
+    """Feature channels per voxel; with `mlp_hidden: 0` it must be 4 (density + RGB albedo read directly)."""
+    mlp_hidden: int = field(default=0, metadata=_range(0))
+    """Hidden width of the decoder MLP (0 = no MLP, the grid holds density and albedo logits directly)."""
+    bound: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    """Half side of the cube the field lives in; rays are sampled inside the sphere of radius bound·√3 ∩ cube."""
+    density_activation: Literal["exp", "softplus"] = "softplus"
+    """Density activation (paper: exp)."""
+    blob: Literal["gaussian", "linear", "none"] = "gaussian"
+    """Density blob added at init: gaussian λ·exp(−‖μ‖²/2σ²) (paper) or linear λ·(1 − ‖μ‖/σ) (Magic3D)."""
+    blob_density: float = field(default=5.0, metadata=_range(0.0))
+    """Blob strength λ_τ (paper 5; Magic3D linear 10)."""
+    blob_radius: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
+    """Blob width σ_τ (paper 0.2; Magic3D linear 0.5)."""
+
+
+@dataclass
+class RenderConfig:
+    resolution: int = field(default=32, metadata=_range(8))
+    """Training render size in pixels (paper: 64)."""
+    samples: int = field(default=48, metadata=_range(2))
+    """Stratified samples per ray inside the bounding volume."""
+    background: Literal["mlp", "solid", "random"] = "solid"
+    """Background: direction MLP (paper), a solid colour, or a random solid colour per view while training."""
+    background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Solid background colour (and the random background's colour at evaluation)."""
+    normal_eps: float = field(default=0.02, metadata=_range(0.0, lo_open=True))
+    """Central finite-difference step for normals −∇σ/‖∇σ‖ (in world units)."""
+
+
+@dataclass
+class ShadingConfig:
+    albedo_steps: int = field(default=1000, metadata=_range(0))
+    """Albedo-only warm-up (paper: first 1,000 steps)."""
+    p_lit: float = field(default=0.75, metadata=_range(0.0, 1.0))
+    """After warm-up: probability of a lit render (else albedo)."""
+    p_textureless: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    """Given lit: probability of textureless shading (albedo = 1)."""
+    ambient: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    """Lit ambient term (paper 0.1)."""
+    diffuse: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    """Lit diffuse term (paper 0.9)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = field(default=400, metadata=_range(1))
+    """Optimisation steps (paper: 15,000)."""
+    batch_views: int = field(default=4, metadata=_range(1))
+    """Views (cameras) per step (paper: 4)."""
+    lr: float = field(default=0.05, metadata=_range(0.0, lo_open=True))
+    """Peak Adam learning rate."""
+    warmup_steps: int = field(default=20, metadata=_range(0))
+    """Linear warm-up from lr·1e-3 to lr."""
+    final_lr_ratio: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    """Cosine decay from lr to lr·ratio by the last step."""
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    """AdamW weight decay."""
+    orientation_weight: Scheduled = field(default_factory=lambda: [0, 1e-4, 1e-2, 5000])
+    """Orientation loss weight (Ref-NeRF), annealed in (paper: 1e-4 → 1e-2 over 5k steps)."""
+    opacity_weight: float = field(default=1e-3, metadata=_range(0.0))
+    """Opacity penalty weight on sqrt((Σw)² + 0.01) (paper: 1e-3…5e-3)."""
+    entropy_weight: float = field(default=0.0, metadata=_range(0.0))
+    """Optional binary-entropy penalty on the accumulated opacity."""
+    checkpoint_every: int = field(default=100, metadata=_range(1))
+    """Write a resumable checkpoint every N steps."""
+    preview_every: int = field(default=0, metadata=_range(0))
+    """Save a preview render every N steps (0 = every 10 % of training)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; auto = cuda when available."""
+
+
+@dataclass
+class MeshConfig:
+    resolution: int = field(default=0, metadata=_range(0))
+    """Marching-cubes grid per axis (0 = 256 on a GPU, 128 on a CPU)."""
+    threshold: float = field(default=0.0, metadata=_range(0.0))
+    """Density iso-level (0 = auto: the density whose alpha over one render sample is 0.5)."""
+    min_component_fraction: float = field(default=0.05, metadata=_range(0.0, 1.0))
+    """Drop connected components with fewer triangles than this fraction of the largest."""
+    target_triangles: int = field(default=0, metadata=_range(0))
+    """Quadric decimation budget (0 = off)."""
+    smooth_iterations: int = field(default=0, metadata=_range(0))
+    """Taubin smoothing iterations (0 = off)."""
+
+
+@dataclass
+class ViewsConfig:
+    azimuths: int = field(default=8, metadata=_range(1))
+    """Evaluation azimuths at the evaluation elevation."""
+    resolution: int = field(default=64, metadata=_range(8))
+    """Evaluation / turntable render size."""
+    turntable_frames: int = field(default=36, metadata=_range(2))
+    """Frames in the turntable video."""
+    samples: int = field(default=96, metadata=_range(2))
+    """Samples per ray for evaluation renders."""
+
+
+@dataclass
+class EvaluateConfig:
+    clip_models: list[str] = field(default_factory=lambda: ["models/world-clip/world-clip.pt"])
+    """CLIP models: clip-anytorch names (ViT-B/32, ViT-B/16, ViT-L/14) or local checkpoint paths."""
+    combine: Literal["per-view", "mean-embedding"] = "per-view"
+    """per-view: each view ranks the captions, hits averaged over views; mean-embedding: views averaged first."""
+    clip_cache: str = ""
+    """Download cache for named CLIP models (empty = clip-anytorch's default ~/.cache/clip)."""
+    bootstrap: int = field(default=2000, metadata=_range(100))
+    """Bootstrap resamples for the report's confidence intervals."""
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    """Seed of the procedural image bank the closed-form prior is made of."""
+    images_per_caption: int = field(default=600, metadata=_range(1))
+    """Renders per caption in the bank (split by view suffix)."""
+    resolution: int = field(default=32, metadata=_range(8))
+    """Bank render size; must equal render.resolution for the closed-form prior."""
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    """Log runs to MLflow."""
+    uri: str = ""
+    """Tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working directory."""
+
+
+@dataclass
+class Config:
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    """Which prompt set to run."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds per prompt (paper: 2)."""
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    """The 2D prior and how SDS uses it."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Timestep schedule."""
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    """Random camera sampler (paper App. A.2)."""
+    nerf: FieldConfig = field(default_factory=FieldConfig)
+    """The 3D field (density + albedo)."""
+    render: RenderConfig = field(default_factory=RenderConfig)
+    """Volume rendering."""
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
+    """Shading modes and their probabilities."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    """Mesh extraction."""
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    """Evaluation and turntable views."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """CLIP R-precision."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """The bundled offline world."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow."""
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    """Grid of dotted keys to value lists, e.g. {guidance.scale: [10, 30]}; every combination is a variant."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short hash of the resolved values (sweep excluded): identifies what produced a result."""
+        d = self.to_dict()
+        d.pop("sweep")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if tp is Scheduled:
+        return "a number or [start_step, start_value, end_value, end_step]"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str, src: str) -> Any:
+    """Return ``value`` checked against type ``tp``; raise ConfigError naming ``key`` otherwise."""
+    bad = ConfigError(f"{src}: {key} must be {_type_name(tp)}, got {value!r}")
+    origin = typing.get_origin(tp)
+    if tp is Scheduled:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, list) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
+            if value[3] < value[0]:
+                raise ConfigError(f"{src}: {key} schedule needs end_step >= start_step, got {value!r}")
+            return [float(v) for v in value]
+        raise bad
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (inner,) = typing.get_args(tp)
+        return [_coerce(inner, v, f"{key}[{i}]", src) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _check_range(meta: dict[str, Any], value: Any, key: str, src: str) -> None:
+    if not meta or not isinstance(value, (int, float)):
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        op = ">" if meta.get("lo_open") else ">="
+        raise ConfigError(f"{src}: {key} must be {op} {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{src}: {key} must be <= {hi}, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str, src: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{src}: unknown key {prefix}{unknown[0]!s}; allowed keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".", src)
+        else:
+            kwargs[name] = _coerce(tp, value, key, src)
+            _check_range(dict(fields[name].metadata), value, key, src)
+    return cls(**kwargs)
+
+
+def _check_semantics(cfg: Config, src: str) -> None:
+    """Cross-field rules that a type alone cannot express."""
+    for key, pair in [
+        ("camera.distance", cfg.camera.distance),
+        ("camera.elevation", cfg.camera.elevation),
+        ("camera.focal", cfg.camera.focal),
+        ("camera.light_distance", cfg.camera.light_distance),
+    ]:
+        if len(pair) != 2 or pair[0] > pair[1]:
+            raise ConfigError(f"{src}: {key} must be [low, high] with low <= high, got {pair!r}")
+    s = cfg.schedule
+    for key, v in [("schedule.t_min", s.t_min), ("schedule.t_max", s.t_max)]:
+        values = [v] if isinstance(v, float) else v[1:3]
+        if not all(0.0 <= x <= 1.0 for x in values):
+            raise ConfigError(f"{src}: {key} values must lie in [0, 1] (fractions of T), got {v!r}")
+    if s.name in ("uniform", "step", "hifa", "dreamtime") and not (
+        isinstance(s.t_min, float) and isinstance(s.t_max, float)
+    ):
+        raise ConfigError(f"{src}: schedule.t_min/t_max must be numbers for schedule.name={s.name}; use 'anneal'")
+    if s.name == "anneal" and isinstance(s.t_min, float) and isinstance(s.t_max, float):
+        raise ConfigError(
+            f"{src}: schedule.name=anneal needs schedule.t_max (or t_min) as [start_step, start, end, end_step]"
+        )
+    lo = s.t_min if isinstance(s.t_min, float) else min(s.t_min[1:3])
+    hi = s.t_max if isinstance(s.t_max, float) else max(s.t_max[1:3])
+    if lo >= hi:
+        raise ConfigError(f"{src}: schedule.t_min ({lo}) must be below schedule.t_max ({hi})")
+    if cfg.nerf.mlp_hidden == 0 and cfg.nerf.features != 4:
+        raise ConfigError(f"{src}: nerf.features must be 4 when nerf.mlp_hidden is 0, got {cfg.nerf.features}")
+    if len(cfg.render.background_color) != 3:
+        raise ConfigError(f"{src}: render.background_color must be [r, g, b], got {cfg.render.background_color!r}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"{src}: seeds must be a non-empty list of distinct integers, got {cfg.seeds!r}")
+    if cfg.guidance.name == "world" and cfg.world.resolution != cfg.render.resolution:
+        raise ConfigError(
+            f"{src}: world.resolution ({cfg.world.resolution}) must equal render.resolution "
+            f"({cfg.render.resolution}) for the closed-form world prior"
+        )
+    if not cfg.evaluate.clip_models:
+        raise ConfigError(f"{src}: evaluate.clip_models must name at least one CLIP model")
+
+
+def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
+    """Validate ``data`` (a parsed params.yaml) and return the typed :class:`Config`."""
+    data = {} if data is None else {k: v for k, v in data.items() if k != "preset"}
+    cfg = _build(Config, data, "", src)
+    _check_semantics(cfg, src)
+    for key, values in cfg.sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{src}: sweep.{key} must be a non-empty list of values, got {values!r}")
+        if key in ("sweep", "seeds") or key.startswith("prompts."):
+            raise ConfigError(f"{src}: sweep.{key} cannot be swept (use seeds / prompts directly)")
+        for v in values:
+            variant = _set_dotted(cfg.to_dict(), key, v, src)
+            variant["sweep"] = {}
+            from_dict(variant, f"{src} (sweep.{key}={v!r})")
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a YAML params file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax at the line shown") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    return from_dict(data, str(path))
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any, src: str) -> dict[str, Any]:
+    node = d
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{src}: sweep key {key!r} is not a params key (no {'.'.join(parts[: i + 1])!r})")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node[part]
+    return d
+
+
+# --------------------------------------------------------------------------- variants
+
+_GUIDANCE_TAG = {"world": "world", "world-unet": "worldunet", "stable-diffusion": "sd", "deepfloyd-if": "if"}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return "_".join(_fmt(x) for x in v)
+    return str(v).replace("/", "_").replace(" ", "_")
+
+
+def variant_name(cfg: Config, swept: dict[str, Any]) -> str:
+    """Readable variant name, e.g. ``world-w10-uniform`` plus ``-<key><value>`` for other swept keys."""
+    name = f"{_GUIDANCE_TAG[cfg.guidance.name]}-w{_fmt(cfg.guidance.scale)}-{cfg.schedule.name}"
+    for key, v in swept.items():
+        if key not in ("guidance.name", "guidance.scale", "schedule.name"):
+            name += f"-{key.split('.')[-1].replace('_', '')}{_fmt(v)}"
+    return name
+
+
+def variants(cfg: Config) -> dict[str, Config]:
+    """Expand the sweep into {variant name: resolved Config (sweep cleared)}; no sweep gives one variant."""
+    base = cfg.to_dict()
+    base["sweep"] = {}
+    keys = list(cfg.sweep)
+    combos: list[dict[str, Any]] = [{}]
+    for key in keys:
+        combos = [{**c, key: v} for c in combos for v in cfg.sweep[key]]
+    out: dict[str, Config] = {}
+    for combo in combos:
+        d = copy.deepcopy(base)
+        for key, v in combo.items():
+            _set_dotted(d, key, v, "sweep")
+        resolved = from_dict(d, "sweep")
+        name = variant_name(resolved, combo)
+        if name in out:
+            raise ConfigError(f"params.yaml: sweep produces the variant name {name!r} twice; sweep distinct values")
+        out[name] = resolved
+    return out
+
+
+def save_resolved(cfg: Config, path: str | Path) -> None:
+    """Write a resolved (single-variant) config as YAML, atomically."""
+    from pipeline.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

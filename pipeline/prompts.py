@@ -1,0 +1,163 @@
+"""Prompt-set preparation: read prompts/<bench>.txt, validate, normalise, assign ids, write prompts.json.
+
+Normalisation is the Dream Fields rule used by DreamFusion's R-precision: ``q.lower().strip(' .,') + '.'``.
+Ids are a readable slug of ASCII letters and digits plus an 8-hex hash of the normalised caption, so they are
+stable across runs, unique, and can never contain a path separator or ``..``.
+
+    python -m pipeline.prompts prompts/primitives.txt results/primitives/prompts.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.clip_loader import import_clip
+from pipeline.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+MAX_CHARS = 1000
+
+
+class PromptFileError(ValueError):
+    """A prompt file problem; the message names the file, the line and the fix."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    """Filesystem-safe unique id: slug + 8-hex hash of `text`."""
+    text: str
+    """Normalised caption (Dream Fields rule); what the models see and what R-precision retrieves."""
+    raw: str
+    """The line exactly as in the file (without the newline)."""
+    line: int
+    """1-based line number in the prompt file."""
+
+
+def normalize(caption: str) -> str:
+    """Dream Fields / DreamFusion caption normalisation."""
+    return caption.lower().strip(" .,") + "."
+
+
+def prompt_id(text: str) -> str:
+    """Stable, filesystem-safe id of a normalised caption."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = "-".join(re.findall(r"[a-z0-9]+", ascii_text.lower()))[:40].strip("-") or "prompt"
+    return f"{slug}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
+
+
+def _token_count(text: str) -> int:
+    """CLIP BPE token count including start/end tokens (clip-anytorch ships its vocabulary)."""
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        _TOKENIZER = import_clip().simple_tokenizer.SimpleTokenizer()
+    return len(_TOKENIZER.encode(text)) + 2
+
+
+_TOKENIZER = None
+
+
+def read_prompt_file(path: str | Path, max_tokens: int = 77) -> list[Prompt]:
+    """Read and validate a prompt file; raise PromptFileError naming the line on bad input."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PromptFileError(f"{path}: prompt file not found; create it with one caption per line") from None
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PromptFileError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
+    if content.startswith("\ufeff"):
+        content = content[1:]
+    prompts: list[Prompt] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        bad = [c for c in raw if unicodedata.category(c) == "Cc" and c != "\t"]
+        if bad:
+            raise PromptFileError(
+                f"{path}:{lineno}: control character {bad[0]!r} in the caption; remove it from the line"
+            )
+        if len(raw) > MAX_CHARS:
+            raise PromptFileError(f"{path}:{lineno}: caption is {len(raw)} characters (max {MAX_CHARS}); shorten it")
+        text = normalize(raw)
+        if text == ".":
+            raise PromptFileError(f"{path}:{lineno}: caption {raw!r} is empty after normalisation; remove the line")
+        if text in seen:
+            raise PromptFileError(
+                f"{path}:{lineno}: duplicate caption {text!r} (same as line {seen[text]} after normalisation); "
+                "remove one of them"
+            )
+        seen[text] = lineno
+        prompts.append(Prompt(id=prompt_id(text), text=text, raw=raw, line=lineno))
+    if not prompts:
+        what = "is empty" if not content else "has only blank lines"
+        raise PromptFileError(f"{path}: the prompt file {what}; add one caption per line")
+    ids = [p.id for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise PromptFileError(f"{path}: two captions hash to the same id; this should not happen, please report it")
+    for p in prompts:
+        n = _token_count(p.text)
+        if n > max_tokens:
+            log.warning("%s:%d: caption has %d tokens, over the text encoder's %d; it will be truncated",
+                        path, p.line, n, max_tokens)
+    return prompts
+
+
+def select(prompts: list[Prompt], wanted: list[str], src: str = "params.yaml") -> list[Prompt]:
+    """The prompts named in `wanted` (raw or normalised captions), in file order; empty selects all."""
+    if not wanted:
+        return prompts
+    by_text = {p.text: p for p in prompts}
+    missing = [w for w in wanted if normalize(w) not in by_text]
+    if missing:
+        raise PromptFileError(f"{src}: prompts.select names {missing[0]!r}, which is not in the prompt file")
+    keep = {normalize(w) for w in wanted}
+    return [p for p in prompts if p.text in keep]
+
+
+def prepare(src: str | Path, out: str | Path, wanted: list[str] | None = None, max_tokens: int = 77) -> dict:
+    """Validate ``src`` and write prompts.json (all prompts, the selected ids, and the retrieval set)."""
+    src = Path(src)
+    prompts = read_prompt_file(src, max_tokens)
+    chosen = select(prompts, wanted or [])
+    doc = {
+        "benchmark": src.stem,
+        "source": str(src),
+        "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        "normalisation": "q.lower().strip(' .,') + '.'",
+        "prompts": [asdict(p) for p in prompts],
+        "selected": [p.id for p in chosen],
+        "retrieval_set": [p.text for p in prompts],
+    }
+    atomic_write_json(out, doc)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="prompt file, one caption per line")
+    ap.add_argument("out", help="prompts.json to write")
+    ap.add_argument("--select", nargs="*", default=[], help="captions to train (default: all)")
+    ap.add_argument("--max-tokens", type=int, default=77)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        doc = prepare(args.src, args.out, args.select, args.max_tokens)
+    except PromptFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    log.info("%s: %d prompts (%d selected) -> %s", args.src, len(doc["prompts"]), len(doc["selected"]), args.out)
+
+
+if __name__ == "__main__":
+    main()

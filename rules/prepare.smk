@@ -1,0 +1,16 @@
+rule prepare:
+    """Validate and normalise the prompt set; write prompts.json (ids, captions, retrieval set)."""
+    input:
+        PROMPT_FILE,
+    output:
+        f"{RESULTS}/prompts.json",
+    params:
+        select=CFG.prompts.select,
+        max_tokens=CFG.prompts.max_tokens,
+    log:
+        f"{RESULTS}/logs/prepare.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.prompts {input} {output} --max-tokens {params.max_tokens}"
+        " --select {params.select:q} > {log} 2>&1"

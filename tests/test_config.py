@@ -1,0 +1,101 @@
+import pytest
+import yaml
+
+from pipeline import config as cfgmod
+from pipeline.config import ConfigError, from_dict, scheduled
+from tests.conftest import ROOT
+
+
+def test_params_yaml_loads():
+    cfg = cfgmod.load(ROOT / "params.yaml")
+    assert cfg.guidance.name == "world"
+    assert cfg.prompts.benchmark == "primitives"
+    assert list(cfgmod.variants(cfg)) == ["world-w10-uniform"]
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"guidance": {"sclae": 3}}, "unknown key guidance.sclae; allowed keys under guidance: name, model"),
+        ({"bogus": 1}, "unknown key bogus"),
+        ({"guidance": {"scale": "big"}}, "guidance.scale must be a number, got 'big'"),
+        ({"guidance": {"scale": -3}}, "guidance.scale must be >= 0.0, got -3"),
+        ({"guidance": {"name": "imagen"}}, "guidance.name must be one of 'world', 'world-unet'"),
+        ({"schedule": {"name": "cosine"}}, "schedule.name must be one of 'uniform', 'anneal', 'step', 'hifa'"),
+        ({"schedule": {"t_max": 1.5}}, "schedule.t_max values must lie in [0, 1]"),
+        ({"schedule": {"t_min": 0.9, "t_max": 0.5}}, "schedule.t_min (0.9) must be below schedule.t_max (0.5)"),
+        ({"schedule": {"name": "anneal"}}, "schedule.name=anneal needs schedule.t_max"),
+        ({"train": {"steps": 0}}, "train.steps must be >= 1, got 0"),
+        ({"train": {"steps": 1.5}}, "train.steps must be an integer, got 1.5"),
+        ({"train": {"steps": True}}, "train.steps must be an integer, got True"),
+        ({"tracking": {"enabled": "yes"}}, "tracking.enabled must be true/false"),
+        ({"camera": {"distance": [3, 2]}}, "camera.distance must be [low, high]"),
+        ({"seeds": [0, 0]}, "seeds must be a non-empty list of distinct integers"),
+        ({"guidance": 5}, "guidance must be a mapping"),
+        ({"sweep": {"guidance.scael": [1, 2]}}, "sweep key 'guidance.scael' is not a params key"),
+        ({"sweep": {"guidance.scale": [10, -1]}}, "guidance.scale must be >= 0.0, got -1"),
+        ({"sweep": {"guidance.scale": []}}, "sweep.guidance.scale must be a non-empty list"),
+        ({"train": {"orientation_weight": [0, 1, 2]}}, "train.orientation_weight must be a number or [start_step"),
+    ],
+)
+def test_invalid_values_name_the_key(data, needle):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    assert needle in str(err.value)
+    assert str(err.value).startswith("params.yaml")
+
+
+def test_yaml_syntax_error_names_file(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("guidance: [1,\n  scale: 3\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML"):
+        cfgmod.load(p)
+
+
+def test_scheduled_value_notation():
+    assert scheduled(0.5, 123) == 0.5
+    s = [100, 1.0, 3.0, 300]
+    assert scheduled(s, 0) == 1.0
+    assert scheduled(s, 100) == 1.0
+    assert scheduled(s, 200) == 2.0
+    assert scheduled(s, 300) == 3.0
+    assert scheduled(s, 10_000) == 3.0
+
+
+def test_sweep_expands_to_named_variants():
+    cfg = from_dict({"sweep": {"guidance.scale": [10, 30], "schedule.name": ["uniform", "hifa"], "train.lr": [0.01]}})
+    vs = cfgmod.variants(cfg)
+    assert sorted(vs) == [
+        "world-w10-hifa-lr0.01",
+        "world-w10-uniform-lr0.01",
+        "world-w30-hifa-lr0.01",
+        "world-w30-uniform-lr0.01",
+    ]
+    v = vs["world-w30-hifa-lr0.01"]
+    assert v.guidance.scale == 30.0 and v.schedule.name == "hifa" and v.train.lr == 0.01 and v.sweep == {}
+
+
+def test_digest_changes_with_values_only():
+    a, b = from_dict({}), from_dict({"guidance": {"scale": 10.0}})
+    assert a.digest() == b.digest()
+    assert from_dict({"guidance": {"scale": 11}}).digest() != a.digest()
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = from_dict({"schedule": {"name": "anneal", "t_max": [0, 0.98, 0.5, 300]}})
+    cfgmod.save_resolved(cfg, tmp_path / "c.yaml")
+    again = from_dict(yaml.safe_load((tmp_path / "c.yaml").read_text()))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_are_valid(preset):
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    over = yaml.safe_load(preset.read_text())
+
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    cfgmod.variants(from_dict(merge(base, over), str(preset)))
