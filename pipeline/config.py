@@ -95,6 +95,8 @@ class ScheduleConfig:
     """DreamTime: tail width above m1."""
     dreamtime_s2: float = field(default=100.0, metadata=_range(0.0, lo_open=True))
     """DreamTime: tail width below m2."""
+    dreamtime_weight: Literal["sds", "snr-sqrt", "none"] = "sds"
+    """DreamTime's diffusion weight term W_d(t): sds = 1 − ᾱ_t, snr-sqrt = √((1 − ᾱ_t)/ᾱ_t), none = 1."""
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""Guidance from a diffusers UNet2DConditionModel: the shared core of Stable Diffusion, DeepFloyd IF and the
+bundled learned prior. Subclasses add how renders are encoded (pixels or VAE latents)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.guidance.base import Guidance
+from pipeline.guidance.loading import load_component, resolve_model_dir
+
+
+class DiffusersGuidance(Guidance):
+    """Text encoder + tokenizer + UNet + scheduler (ᾱ_t) loaded from a diffusers pipeline directory."""
+
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.root: Path = resolve_model_dir(model)
+        self.device, self.dtype = device, dtype
+        self.tokenizer = load_component(self.root, "tokenizer")
+        self.text_encoder = load_component(self.root, "text_encoder", torch_dtype=dtype).to(device).eval()
+        self.unet = load_component(self.root, "unet", torch_dtype=dtype).to(device).eval()
+        scheduler = load_component(self.root, "scheduler")
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        for module in (self.text_encoder, self.unet):
+            module.requires_grad_(False)
+
+    def _encode_text(self, texts: list[str]) -> Tensor:
+        tok = self.tokenizer(
+            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        )
+        kwargs = {}
+        if "attention_mask" in tok and self.text_encoder.config.model_type == "t5":
+            kwargs["attention_mask"] = tok.attention_mask.to(self.device)
+        return self.text_encoder(tok.input_ids.to(self.device), **kwargs)[0].to(self.dtype)
+
+    @torch.no_grad()
+    def predict_noise(self, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
+        z = torch.cat([z_t, z_t]).to(self.dtype)
+        tt = torch.cat([t, t]).to(self.device)
+        emb = torch.cat([cond, uncond]).to(self.dtype)
+        out = self.unet(z, tt, encoder_hidden_states=emb).sample[:, : z_t.shape[1]].float()
+        if self.prediction_type == "v_prediction":  # ε = α_t v + σ_t z_t
+            ab = self.alphas_cumprod[tt].view(-1, 1, 1, 1)
+            out = ab.sqrt() * out + (1 - ab).sqrt() * z.float()
+        eps_c, eps_u = out.chunk(2)
+        return eps_c, eps_u
+
+
+class PixelDiffusersGuidance(DiffusersGuidance):
+    """Pixel-space prior (DeepFloyd IF stage I, the bundled learned prior): x = 2·render − 1 at the UNet's size."""
+
+    kind = "pixel"
+
+    def encode(self, images: Tensor) -> Tensor:
+        size = self.unet.config.sample_size
+        if images.shape[-1] != size:
+            images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False, antialias=True)
+        return images.float() * 2 - 1

@@ -1,0 +1,30 @@
+"""Stable Diffusion (latent): the render is resized to `latent_resolution`, VAE-encoded (gradients flow through the
+encoder) and scaled; SDS acts on the latent. Default: stabilityai/stable-diffusion-2-1-base."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.guidance.diffusers_prior import DiffusersGuidance
+from pipeline.guidance.loading import load_component
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+
+
+class StableDiffusionGuidance(DiffusersGuidance):
+    kind = "latent"
+
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, latent_resolution: int = 512) -> None:
+        super().__init__(model or DEFAULT_MODEL, device, dtype)
+        self.vae = load_component(self.root, "vae", torch_dtype=dtype).to(device).eval()
+        self.vae.requires_grad_(False)  # frozen, but differentiable w.r.t. its input
+        self.latent_resolution = latent_resolution
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Renders [B, 3, H, W] in [0, 1] → scaled VAE latent means [B, 4, r/8, r/8] (float32)."""
+        r = self.latent_resolution
+        x = F.interpolate(images, (r, r), mode="bilinear", align_corners=False) * 2 - 1
+        posterior = self.vae.encode(x.to(self.dtype)).latent_dist
+        return posterior.mean.float() * self.vae.config.scaling_factor

@@ -1,0 +1,88 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pipeline.config import from_dict
+from pipeline.guidance import GuidanceLoadError, build_guidance
+from pipeline.guidance.base import pick_dtype
+from tests.tiny_models import save_tiny_if, save_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return save_tiny_sd(root / "sd"), save_tiny_if(root / "if")
+
+
+def test_tiny_sd_and_if_load_through_the_factory(tiny_dirs):
+    sd_dir, if_dir = tiny_dirs
+    cpu = torch.device("cpu")
+    sd = build_guidance(from_dict({"guidance": {"name": "stable-diffusion", "model": str(sd_dir),
+                                                "latent_resolution": 16}}), cpu)
+    assert sd.kind == "latent" and sd.num_timesteps == 1000 and sd.unet.dtype == torch.float32
+    x = sd.encode(torch.rand(2, 3, 32, 32))
+    assert x.shape == (2, 4, 8, 8)
+    ec, eu = sd.predict_noise(x, torch.tensor([1, 999]), sd.embed(["a", "b"]), sd.embed(["", ""]))
+    assert ec.shape == eu.shape == x.shape and not torch.equal(ec, eu)
+
+    fi = build_guidance(from_dict({"guidance": {"name": "deepfloyd-if", "model": str(if_dir)}}), cpu)
+    assert fi.kind == "pixel"
+    x = fi.encode(torch.rand(1, 3, 64, 64))
+    assert x.shape == (1, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    ec, _ = fi.predict_noise(x, torch.tensor([500]), fi.embed(["a"]), fi.embed([""]))
+    assert ec.shape == (1, 3, 16, 16)  # variance channels dropped
+
+
+def test_text_embeddings_are_cached(tiny_dirs):
+    sd = build_guidance(from_dict({"guidance": {"name": "stable-diffusion", "model": str(tiny_dirs[0]),
+                                                "latent_resolution": 16}}), torch.device("cpu"))
+    a = sd.embed(["a red cube, front view"])
+    assert list(sd._text_cache) == ["a red cube, front view"]
+    assert torch.equal(sd.embed(["a red cube, front view"]), a)
+
+
+def test_loads_offline_in_a_fresh_process(tiny_dirs):
+    code = (
+        "import torch; from pipeline.guidance.stable_diffusion import StableDiffusionGuidance as G; "
+        f"g = G({str(tiny_dirs[0])!r}, torch.device('cpu'), torch.float32, 16); print(g.num_timesteps)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, check=True)
+    assert out.stdout.strip() == "1000"
+
+
+def test_missing_hub_model_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = from_dict({"guidance": {"name": "deepfloyd-if"}})
+    with pytest.raises(GuidanceLoadError) as err:
+        build_guidance(cfg, torch.device("cpu"))
+    msg = str(err.value)
+    assert "DeepFloyd/IF-I-XL-v1.0" in msg and "huggingface-cli download" in msg and "accept the licence" in msg
+
+
+def test_wrong_path_and_non_diffusers_folder(tmp_path):
+    cfg = from_dict({"guidance": {"name": "stable-diffusion", "model": str(tmp_path / "nope")}})
+    with pytest.raises(GuidanceLoadError, match="no such directory"):
+        build_guidance(cfg, torch.device("cpu"))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "weights.bin").write_bytes(b"x")
+    cfg = from_dict({"guidance": {"name": "stable-diffusion", "model": str(tmp_path / "plain")}})
+    with pytest.raises(GuidanceLoadError, match="not a diffusers pipeline directory"):
+        build_guidance(cfg, torch.device("cpu"))
+
+
+def test_corrupted_component_is_a_clear_error(tmp_path):
+    root = save_tiny_sd(tmp_path / "sd")
+    (root / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    cfg = from_dict({"guidance": {"name": "stable-diffusion", "model": str(root), "latent_resolution": 16}})
+    with pytest.raises(GuidanceLoadError, match="could not load diffusers.UNet2DConditionModel"):
+        build_guidance(cfg, torch.device("cpu"))
+
+
+def test_dtype_policy():
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("auto", torch.device("cuda")) == torch.float16
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
