@@ -10,8 +10,13 @@ configfile: "params.yaml"
 
 include: "rules/common.smk"
 include: "rules/prepare.smk"
+include: "rules/train.smk"
+include: "rules/views.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     input:
-        f"{RESULTS}/prompts.json",
+        f"{RESULTS}/report/index.html",
+        f"{RESULTS}/report/metrics.json",
+        [f for v in VARIANTS for f in objects(v, "mesh.glb")],

@@ -20,3 +20,33 @@ except (cfgmod.ConfigError, promptmod.PromptFileError) as exc:
 RESULTS = f"results/{BENCH}"
 PROMPT_IDS = [p.id for p in PROMPTS]
 SEEDS = CFG.seeds
+
+wildcard_constraints:
+    variant=r"[A-Za-z0-9._-]+",
+    pid=r"[a-z0-9-]+",
+    seed=r"\d+",
+
+OBJ = f"{RESULTS}/{{variant}}/{{pid}}/seed{{seed}}"
+IS_WORLD = BENCH == "primitives"
+
+
+def variant_cfg(wildcards):
+    return VARIANTS[wildcards.variant]
+
+
+def bank_file(variant):
+    """The world bank a variant's closed-form prior needs (none for other guidance)."""
+    from pipeline.world.prior import bank_digest
+
+    cfg = VARIANTS[variant]
+    return [f"results/world/bank-{bank_digest(cfg)}.safetensors"] if cfg.guidance.name == "world" else []
+
+
+def train_gpus(wildcards):
+    cfg = VARIANTS[wildcards.variant]
+    world = cfg.guidance.name in ("world", "world-unet")
+    return 0 if cfg.train.device == "cpu" or (cfg.train.device == "auto" and world) else 1
+
+
+def objects(variant, name):
+    return expand(f"{RESULTS}/{variant}/{{pid}}/seed{{seed}}/{name}", pid=PROMPT_IDS, seed=SEEDS)

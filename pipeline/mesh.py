@@ -1,0 +1,162 @@
+"""Mesh extraction: density grid → marching cubes (PyMCubes) → open3d clean-up → mesh.ply, mesh.glb, mesh.json.
+
+PyMCubes over scikit-image: a single small C extension with no SciPy stack, ~9 ms for 64³ here, and it returns
+vertices in grid-index coordinates that map straight to world space. The default iso-level is the density whose
+alpha over one render sample is 0.5 (σ = ln 2 / δ), i.e. what the renderer itself draws as half-opaque.
+Axes: the field is Z-up; the GLB is written Y-up (glTF convention), the PLY keeps the field's Z-up frame.
+
+    python -m pipeline.mesh --model .../model.safetensors --out-dir .../
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import Config
+from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
+from pipeline.nerf.field import Field
+
+EMPTY_PLY = "ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\nproperty float z\n" \
+            "element face 0\nproperty list uchar int vertex_indices\nend_header\n"
+
+
+class EmptyField(ValueError):
+    """Nothing in the field is above the iso-level."""
+
+
+def default_threshold(cfg: Config) -> float:
+    """σ such that one render sample (δ = 2·bound / samples) has alpha 0.5."""
+    delta = 2 * cfg.nerf.bound / cfg.render.samples
+    return math.log(2.0) / delta
+
+
+def density_grid(field: Field, resolution: int, device: torch.device, chunk: int = 262_144) -> np.ndarray:
+    """σ on a resolution³ grid over [−bound, bound]³, axes (x, y, z), evaluated in chunks."""
+    b = field.bound
+    axis = torch.linspace(-b, b, resolution, device=device)
+    out = np.empty(resolution**3, dtype=np.float32)
+    with torch.no_grad():
+        xx, yy, zz = torch.meshgrid(axis, axis, axis, indexing="ij")
+        pts = torch.stack([xx, yy, zz], -1).reshape(-1, 3)
+        for i in range(0, len(pts), chunk):
+            out[i : i + chunk] = field.density_albedo(pts[i : i + chunk])[0].float().cpu().numpy()
+    return out.reshape(resolution, resolution, resolution)
+
+
+def extract(field: Field, resolution: int, threshold: float, device: torch.device):
+    """Marching cubes at `threshold` → open3d TriangleMesh in world coordinates with albedo vertex colours."""
+    import mcubes
+    import open3d as o3d
+
+    grid = density_grid(field, resolution, device)
+    if not (grid > threshold).any():
+        raise EmptyField(f"no density above the iso-level {threshold:.3g} (max {grid.max():.3g})")
+    # pad so surfaces touching the box are closed
+    verts, faces = mcubes.marching_cubes(np.pad(grid, 1, constant_values=0.0), threshold)
+    verts = (verts - 1) * (2 * field.bound / (resolution - 1)) - field.bound
+    with torch.no_grad():
+        colours = field.density_albedo(torch.as_tensor(verts, dtype=torch.float32, device=device))[1].cpu().numpy()
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts.astype(np.float64)),
+                                     o3d.utility.Vector3iVector(faces.astype(np.int32)))
+    mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(colours, 0, 1).astype(np.float64))
+    return mesh
+
+
+def clean(mesh, min_component_fraction: float, target_triangles: int = 0, smooth_iterations: int = 0):
+    """Remove degenerate/duplicate parts, drop small components (floaters), optionally decimate and smooth."""
+    mesh.remove_degenerate_triangles()
+    mesh.remove_duplicated_triangles()
+    mesh.remove_duplicated_vertices()
+    mesh.remove_unreferenced_vertices()
+    clusters, counts, _ = mesh.cluster_connected_triangles()
+    clusters, counts = np.asarray(clusters), np.asarray(counts)
+    if len(counts):
+        small = counts < min_component_fraction * counts.max()
+        mesh.remove_triangles_by_mask(small[clusters])
+        mesh.remove_unreferenced_vertices()
+    if target_triangles and len(mesh.triangles) > target_triangles:
+        mesh = mesh.simplify_quadric_decimation(target_triangles)
+    if smooth_iterations:
+        mesh = mesh.filter_smooth_taubin(number_of_iterations=smooth_iterations)
+    mesh.compute_vertex_normals()
+    return mesh
+
+
+def stats(mesh) -> dict[str, Any]:
+    _, counts, _ = mesh.cluster_connected_triangles()
+    bbox = mesh.get_axis_aligned_bounding_box()
+    return {
+        "vertices": len(mesh.vertices),
+        "triangles": len(mesh.triangles),
+        "components": len(counts),
+        "watertight": bool(mesh.is_watertight()),
+        "bbox_min": np.asarray(bbox.min_bound).round(4).tolist(),
+        "bbox_max": np.asarray(bbox.max_bound).round(4).tolist(),
+        "surface_area": round(float(mesh.get_surface_area()), 5),
+    }
+
+
+def export(mesh, out_dir: Path) -> None:
+    """mesh.ply (Z-up, vertex colours) and mesh.glb (Y-up, vertex colours), atomically."""
+    import open3d as o3d
+    import trimesh
+
+    with atomic_path(out_dir / "mesh.ply") as tmp:
+        if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_ascii=False):
+            raise OSError(f"open3d could not write {tmp}")
+    v = np.asarray(mesh.vertices)
+    y_up = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
+    colours = (np.asarray(mesh.vertex_colors) * 255).round().astype(np.uint8)
+    tm = trimesh.Trimesh(y_up, np.asarray(mesh.triangles), vertex_colors=colours, process=False)
+    with atomic_path(out_dir / "mesh.glb") as tmp:
+        tmp.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(tm)))
+
+
+def run(model_path: str | Path, out_dir: str | Path, device: torch.device | None = None) -> dict[str, Any]:
+    """Extract, clean and export; an empty field is recorded in mesh.json (status 'empty'), not raised."""
+    from pipeline.train import load_model
+
+    out_dir = Path(out_dir)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, ident = load_model(model_path, device)
+    m = cfg.mesh
+    resolution = m.resolution or (256 if device.type == "cuda" else 128)
+    threshold = m.threshold or default_threshold(cfg)
+    info: dict[str, Any] = {"prompt": ident["prompt"], "resolution": resolution, "threshold": threshold}
+    try:
+        mesh = extract(model.field, resolution, threshold, device)
+        raw_components = len(mesh.cluster_connected_triangles()[1])
+        mesh = clean(mesh, m.min_component_fraction, m.target_triangles, m.smooth_iterations)
+        if len(mesh.triangles) == 0:
+            raise EmptyField("every component was removed by clean-up")
+        export(mesh, out_dir)
+        info.update(status="ok", components_before_cleanup=raw_components, **stats(mesh))
+    except EmptyField as exc:
+        atomic_write_text(out_dir / "mesh.ply", EMPTY_PLY)
+        import trimesh
+
+        with atomic_path(out_dir / "mesh.glb") as tmp:
+            tmp.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene()))
+        info.update(status="empty", reason=str(exc))
+    atomic_write_json(out_dir / "mesh.json", info)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out-dir", required=True)
+    args = ap.parse_args(argv)
+    info = run(args.model, args.out_dir)
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Volume rendering with shading (albedo / Lambertian / textureless) and a background, shared by training,
+evaluation views and the bundled world.
+
+For samples i along a ray with spacing δ: α_i = 1 − exp(−σ_i δ), w_i = α_i Π_{j<i}(1 − α_j),
+colour = Σ w_i c_i + (1 − Σ w_i)·background, where c_i = a_i (ambient + diffuse·max(0, n_i·l_i)),
+a_i = albedo (1 when textureless), n_i = −∇σ/‖∇σ‖, l_i the unit vector to the point light.
+Samples are stratified over the ray's segment inside the cube [−bound, bound]³.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.config import RenderConfig, ShadingConfig
+from pipeline.nerf.cameras import Cameras, rays
+from pipeline.nerf.field import Field
+
+
+@dataclass
+class Shading:
+    """Per-view shading: colour = albedo·(ambient + diffuse·n·l); textureless replaces albedo by 1."""
+
+    ambient: Tensor
+    """[B]"""
+    diffuse: Tensor
+    """[B]"""
+    textureless: Tensor
+    """[B] bool"""
+
+    @staticmethod
+    def albedo(b: int) -> Shading:
+        return Shading(torch.ones(b), torch.zeros(b), torch.zeros(b, dtype=torch.bool))
+
+    @staticmethod
+    def lit(b: int, cfg: ShadingConfig, textureless: bool = False) -> Shading:
+        return Shading(torch.full((b,), cfg.ambient), torch.full((b,), cfg.diffuse), torch.full((b,), textureless))
+
+    @property
+    def needs_normals(self) -> bool:
+        return bool((self.diffuse > 0).any())
+
+    def modes(self) -> list[str]:
+        return ["textureless" if t else ("lit" if d > 0 else "albedo")
+                for t, d in zip(self.textureless.tolist(), self.diffuse.tolist(), strict=True)]
+
+
+def sample_shading(cfg: ShadingConfig, step: int, b: int, generator: torch.Generator | None = None) -> Shading:
+    """Paper: albedo only for the first `albedo_steps`; then per view lit with p_lit (textureless with
+    p_textureless given lit), else albedo."""
+    if step < cfg.albedo_steps:
+        return Shading.albedo(b)
+    lit = torch.rand(b, generator=generator) < cfg.p_lit
+    textureless = lit & (torch.rand(b, generator=generator) < cfg.p_textureless)
+    return Shading(
+        torch.where(lit, torch.tensor(cfg.ambient), torch.tensor(1.0)),
+        torch.where(lit, torch.tensor(cfg.diffuse), torch.tensor(0.0)),
+        textureless,
+    )
+
+
+class Background(nn.Module):
+    """mlp: the paper's MLP over the positionally encoded ray direction; solid: a fixed colour;
+    random: a random solid colour per view while training, the fixed colour otherwise."""
+
+    FREQS = 4
+
+    def __init__(self, cfg: RenderConfig) -> None:
+        super().__init__()
+        self.mode = cfg.background
+        self.register_buffer("color", torch.tensor(cfg.background_color, dtype=torch.float32))
+        if self.mode == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(3 + 6 * self.FREQS, 32), nn.SiLU(), nn.Linear(32, 3))
+
+    def forward(self, dirs: Tensor, training: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """dirs [B, H, W, 3] → colours [B, H, W, 3]."""
+        if self.mode == "mlp":
+            freqs = 2.0 ** torch.arange(self.FREQS, device=dirs.device) * torch.pi
+            enc = (dirs[..., None] * freqs).flatten(-2)
+            return torch.sigmoid(self.mlp(torch.cat([dirs, enc.sin(), enc.cos()], -1)))
+        if self.mode == "random" and training:
+            c = torch.rand(dirs.shape[0], 3, generator=generator).to(dirs.device)
+            return c[:, None, None, :].expand_as(dirs)
+        return self.color.expand_as(dirs)
+
+
+@dataclass
+class RenderOutput:
+    rgb: Tensor
+    """Composited colour [B, 3, H, W] in [0, 1]."""
+    foreground: Tensor
+    """Σ w_i c_i before the background [B, 3, H, W]."""
+    opacity: Tensor
+    """Σ w_i [B, 1, H, W]."""
+    depth: Tensor
+    """Expected depth along the ray normalised by opacity [B, 1, H, W] (0 where empty)."""
+    normal: Tensor
+    """Opacity-weighted world normals [B, 3, H, W] (zeros if not computed)."""
+    orientation: Tensor
+    """Ref-NeRF orientation penalty Σ sg(w_i)·max(0, n_i·d)², mean over rays (0 if no normals)."""
+
+
+def _ray_box(origins: Tensor, dirs: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    inv = 1.0 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+    t0, t1 = (-bound - origins) * inv, (bound - origins) * inv
+    near = torch.minimum(t0, t1).amax(-1).clamp(min=0.0)
+    far = torch.maximum(t0, t1).amin(-1)
+    hit = far > near
+    return torch.where(hit, near, torch.zeros_like(near)), torch.where(hit, far, torch.zeros_like(far))
+
+
+def render(
+    field: Field,
+    cams: Cameras,
+    resolution: int,
+    samples: int,
+    shading: Shading,
+    background: Background,
+    *,
+    normal_eps: float = 0.02,
+    generator: torch.Generator | None = None,
+    training: bool = False,
+    need_normals: bool | None = None,
+) -> RenderOutput:
+    """Render B views at `resolution`² with `samples` per ray; `generator` jitters the strata (None: midpoints)."""
+    device = cams.position.device
+    origins, dirs = rays(cams, resolution)
+    near, far = _ray_box(origins, dirs, field.bound)
+    b, h, w = near.shape
+    offsets = (
+        torch.rand(b, h, w, samples, generator=generator).to(device)
+        if generator is not None
+        else torch.full((b, h, w, samples), 0.5, device=device)
+    )
+    delta = (far - near)[..., None] / samples
+    ts = near[..., None] + (torch.arange(samples, device=device) + offsets) * delta
+    pts = origins[..., None, :] + dirs[..., None, :] * ts[..., None]
+    with_grad = shading.needs_normals if need_normals is None else need_normals
+    sigma, albedo, grad = field.query(pts, normal_eps, with_grad)
+    alpha = 1.0 - torch.exp(-sigma * delta)
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1.0 - alpha[..., :-1] + 1e-10], -1), -1)
+    weights = alpha * trans  # [B, H, W, S]
+    opacity = weights.sum(-1)
+
+    view = lambda v: v.to(device).view(b, 1, 1, 1, -1)  # noqa: E731 - per-view broadcast
+    textureless = shading.textureless.to(device).view(b, 1, 1, 1, 1)
+    base = torch.where(textureless, torch.ones_like(albedo), albedo)
+    if grad is not None:
+        normals = -torch.nn.functional.normalize(grad, dim=-1, eps=1e-8)
+        to_light = torch.nn.functional.normalize(cams.light.view(b, 1, 1, 1, 3) - pts, dim=-1)
+        lambert = (normals * to_light).sum(-1, keepdim=True).clamp(min=0.0)
+        colour = base * (view(shading.ambient) + view(shading.diffuse) * lambert)
+        normal_map = (weights[..., None] * normals).sum(-2)
+        facing = (normals * dirs[..., None, :]).sum(-1).clamp(min=0.0) ** 2
+        orientation = (weights.detach() * facing).sum(-1).mean()
+    else:
+        colour = base * view(shading.ambient)
+        normal_map = torch.zeros(b, h, w, 3, device=device)
+        orientation = torch.zeros((), device=device)
+    foreground = (weights[..., None] * colour).sum(-2)
+    bg = background(dirs, training=training, generator=generator)
+    rgb = foreground + (1.0 - opacity[..., None]) * bg
+    depth = (weights * ts).sum(-1) / opacity.clamp(min=1e-6)
+    depth = torch.where(opacity > 1e-4, depth, torch.zeros_like(depth))
+    chw = lambda t: t.permute(0, 3, 1, 2)  # noqa: E731
+    return RenderOutput(
+        rgb=chw(rgb).clamp(0, 1), foreground=chw(foreground), opacity=opacity[:, None], depth=depth[:, None],
+        normal=chw(normal_map), orientation=orientation,
+    )

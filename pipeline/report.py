@@ -1,0 +1,259 @@
+"""The report: our R-precision next to the paper's Table 1, variant comparisons with bootstrap intervals, plots,
+a gallery and an offline index.html.
+
+Outputs (results/<bench>/report/): table.md, table.csv, comparison.md (95 % bootstrap CIs over objects, paired
+differences against the first variant on the same prompts and seeds), rprecision_vs_scale.png, gallery.png,
+index.html, metrics.json (DVC metrics) and rprecision.csv (DVC plots).
+
+    python -m pipeline.report --evals results/b/v1/rprecision.json ... [--ground-truth gt.json] --out-dir report/
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
+
+PAPER_TABLE1 = [
+    # method, {model: (color, geo)} in %, quoted from DreamFusion Table 1 (parenthesised: same CLIP trained & evaluated)
+    ("GT images", {"ViT-B/32": (77.1, None), "ViT-B/16": (79.1, None), "ViT-L/14": (None, None)}),
+    ("Dream Fields", {"ViT-B/32": (68.3, None), "ViT-B/16": (74.2, None), "ViT-L/14": (None, None)}),
+    ("Dream Fields (reimpl.)", {"ViT-B/32": (78.6, 1.3), "ViT-B/16": ("(99.9)", "(0.8)"), "ViT-L/14": (82.9, 1.4)}),
+    ("CLIP-Mesh", {"ViT-B/32": (67.8, None), "ViT-B/16": (75.8, None), "ViT-L/14": (74.5, None)}),
+    ("DreamFusion", {"ViT-B/32": (75.1, 42.5), "ViT-B/16": (77.5, 46.6), "ViT-L/14": (79.7, 58.5)}),
+]
+MODES = ("color", "geo")
+
+
+def bootstrap_ci(values: np.ndarray, n: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of `values` (resampling objects with replacement)."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def _short(name: str) -> str:
+    return Path(name).stem if "/" in name and Path(name).suffix else name
+
+
+def _pct(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, str):
+        return x
+    return f"{100 * x:.1f}"
+
+
+def object_scores(ev: dict[str, Any], clip: str, mode: str, key: str = "score") -> dict[tuple[str, int], float]:
+    return {(o["prompt_id"], o["seed"]): o[key] for o in ev["objects"] if o["clip"] == clip and o["mode"] == mode
+            and key in o}
+
+
+def build(evals: dict[str, dict[str, Any]], out_dir: Path, ground_truth: dict[str, Any] | None = None,
+          bootstrap: int = 2000, seed: int = 0, media: dict[str, list[Path]] | None = None) -> dict[str, Any]:
+    """Write every report file from {variant: rprecision.json contents}; return the DVC metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants = list(evals)
+    clips = list(next(iter(evals.values()))["models"]) if evals else []
+    world = any("geo_shape" in ev["models"][c] for ev in evals.values() for c in ev["models"])
+
+    # ---- Table 1 layout: ours, the ground-truth ceiling, and the paper's rows (quoted)
+    header = ["Method"] + [f"{_short(c)} {m}" for c in clips for m in MODES]
+    if world:
+        header += [f"{_short(c)} geo (shape)" for c in clips]
+    rows: list[list[str]] = []
+    if ground_truth:
+        rows.append(["GT renders (ceiling)"] + [_pct(ground_truth["models"][c][m]["r_precision"])
+                                                 for c in clips for m in MODES]
+                    + ([_pct(ground_truth["models"][c]["geo_shape"]["r_precision"]) for c in clips] if world else []))
+    for v, ev in evals.items():
+        cells = [f"{_pct(ev['models'][c][m]['r_precision'])} ± {_pct(ev['models'][c][m]['stderr'])}"
+                 for c in clips for m in MODES]
+        if world:
+            cells += [f"{_pct(ev['models'][c]['geo_shape']['r_precision'])} ± "
+                      f"{_pct(ev['models'][c]['geo_shape']['stderr'])}" for c in clips]
+        rows.append([f"ours: {v}"] + cells)
+    n_ret = next(iter(evals.values()))["retrieval_set_size"] if evals else 0
+    md = [f"# CLIP R-precision (%), retrieval set of {n_ret} captions (chance {100 / max(n_ret, 1):.2f} %)", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    paper_models = ["ViT-B/32", "ViT-B/16", "ViT-L/14"]
+    md += ["", "## DreamFusion Table 1 (quoted from the paper, 153 COCO captions, not measured here)", "",
+           "| Method | " + " | ".join(f"{m} {k}" for m in paper_models for k in MODES) + " |",
+           "|" + "---|" * (1 + 2 * len(paper_models))]
+    for method, vals in PAPER_TABLE1:
+        md.append(f"| {method} (paper) | " + " | ".join(_pct_paper(vals[m][i]) for m in paper_models
+                                                        for i in range(2)) + " |")
+    atomic_write_text(out_dir / "table.md", "\n".join(md) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["source", "method", "clip", "mode", "r_precision_pct", "stderr_pct"])
+    if ground_truth:
+        for c in clips:
+            for m in [*MODES, *(["geo_shape"] if world else [])]:
+                w.writerow(["ours", "GT renders", c, m, 100 * ground_truth["models"][c][m]["r_precision"], ""])
+    for v, ev in evals.items():
+        for c in clips:
+            for m in [*MODES, *(["geo_shape"] if world else [])]:
+                r = ev["models"][c][m]
+                w.writerow(["ours", v, c, m, 100 * r["r_precision"], 100 * r["stderr"]])
+    for method, vals in PAPER_TABLE1:
+        for m in paper_models:
+            for i, mode in enumerate(MODES):
+                if vals[m][i] is not None:
+                    w.writerow(["paper (quoted)", method, m, mode, str(vals[m][i]).strip("()"), ""])
+    atomic_write_text(out_dir / "table.csv", buf.getvalue())
+
+    # ---- variant comparison: bootstrap CIs and paired differences against the first variant
+    plot_rows, metrics = [], {}
+    comp = ["# Variants: R-precision with 95 % bootstrap CIs (objects resampled)", "",
+            "| variant | CLIP | mode | R-precision | 95 % CI | Δ vs " + (variants[0] if variants else "") +
+            " (paired) | 95 % CI of Δ |", "|---|---|---|---|---|---|---|"]
+    for v, ev in evals.items():
+        metrics[v] = {}
+        for c in clips:
+            metrics[v][_short(c)] = {}
+            for m in [*MODES, *(["geo_shape"] if world else [])]:
+                key = "shape_score" if m == "geo_shape" else "score"
+                scores = object_scores(ev, c, "geo" if m == "geo_shape" else m, key)
+                vals = np.array(list(scores.values()), dtype=np.float64)
+                lo, hi = bootstrap_ci(vals, bootstrap, seed)
+                base = object_scores(evals[variants[0]], c, "geo" if m == "geo_shape" else m, key)
+                common = sorted(set(base) & set(scores))
+                diff = np.array([scores[k] - base[k] for k in common], dtype=np.float64)
+                dlo, dhi = bootstrap_ci(diff, bootstrap, seed)
+                mean = float(vals.mean()) if len(vals) else float("nan")
+                comp.append(f"| {v} | {_short(c)} | {m} | {_pct(mean)} | [{_pct(lo)}, {_pct(hi)}] | "
+                            f"{_pct(float(diff.mean()) if len(diff) else None)} | [{_pct(dlo)}, {_pct(dhi)}] |")
+                metrics[v][_short(c)][m] = round(mean, 4)
+                plot_rows.append({"variant": v, "guidance_scale": ev.get("guidance_scale"),
+                                  "schedule": ev.get("schedule"), "clip": _short(c), "mode": m,
+                                  "r_precision": mean, "ci_low": lo, "ci_high": hi})
+    atomic_write_text(out_dir / "comparison.md", "\n".join(comp) + "\n")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(plot_rows[0]) if plot_rows else ["variant"])
+    w.writeheader()
+    w.writerows(plot_rows)
+    atomic_write_text(out_dir / "rprecision.csv", buf.getvalue())
+    if ground_truth:
+        metrics["ground_truth"] = {_short(c): {m: round(ground_truth["models"][c][m]["r_precision"], 4)
+                                               for m in ground_truth["models"][c]} for c in clips}
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    _plot(plot_rows, out_dir / "rprecision_vs_scale.png")
+    gallery = _gallery(media or {}, out_dir / "gallery.png")
+    _html(out_dir, evals, gallery, media or {})
+    return metrics
+
+
+def _pct_paper(x: Any) -> str:
+    if x is None:
+        return "–"
+    return str(x)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (sched, clip, mode) in sorted({(r["schedule"], r["clip"], r["mode"]) for r in rows}):
+        pts = sorted((r["guidance_scale"], r["r_precision"], r["ci_low"], r["ci_high"]) for r in rows
+                     if (r["schedule"], r["clip"], r["mode"]) == (sched, clip, mode))
+        x = [p[0] for p in pts]
+        y = np.array([p[1] for p in pts]) * 100
+        lo, hi = np.array([p[2] for p in pts]) * 100, np.array([p[3] for p in pts]) * 100
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=f"{sched} · {clip} · {mode}")
+    ax.set_xlabel("guidance weight")
+    ax.set_ylabel("R-precision (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("R-precision vs guidance weight (95 % bootstrap CI)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _gallery(media: dict[str, list[Path]], path: Path) -> bool:
+    """Contact sheets' first rows (colour views) stacked: one row per object, grouped by variant."""
+    import imageio.v3 as iio
+
+    sheets = [p for ps in media.values() for p in ps if p.name == "sheet.png" and p.exists()]
+    if not sheets:
+        return False
+    rows = []
+    for p in sheets:
+        img = iio.imread(p)
+        h = (img.shape[0] - 2) // 4 + 2  # first of four rows (colour) incl. padding
+        rows.append(img[:h])
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, np.concatenate(rows), extension=".png")
+    return True
+
+
+def _html(out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, list[Path]]) -> None:
+    def rel(p: Path) -> str:
+        import os
+
+        return html.escape(os.path.relpath(p, out_dir))
+
+    def md_table(path: Path) -> str:
+        lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|") and not ln.startswith("|---")]
+        cells = [[html.escape(c.strip()) for c in ln.strip("|").split("|")] for ln in lines]
+        if not cells:
+            return ""
+        head = "".join(f"<th>{c}</th>" for c in cells[0])
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    parts = ["<!doctype html><meta charset='utf-8'><title>DreamFusion lab report</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}img{image-rendering:pixelated}</style>",
+             "<h1>DreamFusion lab report</h1>", "<h2>R-precision</h2>", md_table(out_dir / "table.md"),
+             "<h2>Variants</h2>", md_table(out_dir / "comparison.md"),
+             f"<p><img src='{rel(out_dir / 'rprecision_vs_scale.png')}' width=480></p>"]
+    if gallery:
+        parts.append(f"<h2>Gallery</h2><p><img src='{rel(out_dir / 'gallery.png')}'></p>")
+    parts.append("<h2>Turntables</h2>")
+    for variant, files in media.items():
+        gifs = [p for p in files if p.name == "turntable.gif" and p.exists()]
+        if gifs:
+            parts.append(f"<h3>{html.escape(variant)}</h3><p>" + "".join(
+                f"<img src='{rel(p)}' title='{html.escape(p.parent.parent.name)}'> " for p in gifs) + "</p>")
+    atomic_write_text(out_dir / "index.html", "\n".join(parts) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--evals", nargs="+", required=True, help="rprecision.json per variant (.../<variant>/...)")
+    ap.add_argument("--ground-truth", default=None)
+    ap.add_argument("--media", nargs="*", default=[], help="sheet.png / turntable.gif files for the gallery")
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--out-dir", required=True)
+    args = ap.parse_args(argv)
+    evals = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in args.evals}
+    media: dict[str, list[Path]] = {}
+    for p in map(Path, args.media):
+        media.setdefault(p.parents[2].name, []).append(p)
+    gt = json.loads(Path(args.ground_truth).read_text()) if args.ground_truth else None
+    metrics = build(evals, Path(args.out_dir), gt, args.bootstrap, media=media)
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""SDS-NeRF training for one (variant, prompt, seed): DreamFusion's optimisation loop.
+
+Each step: sample `batch_views` paper cameras and shading modes, render, add the view suffix to the prompt, take the
+SDS gradient from the guidance model, add the orientation and opacity regularisers, and take an Adam step with
+warm-up and cosine decay. All randomness of step k comes from a generator seeded with (seed, k), so a run resumed
+from a checkpoint reaches exactly the weights of an uninterrupted run on a CPU.
+
+Outputs in --out: model.safetensors (field + background, with the resolved config in its metadata), metrics.json,
+log.jsonl (one line a step), previews/ (a render every 10 %), checkpoint/ (resumable; removed when done).
+
+    python -m pipeline.train --params results/primitives/world-w10-uniform/config.yaml \
+        --prompts results/primitives/prompts.json --prompt-id a-red-cube-1234abcd --seed 0 --out out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pipeline.config import Config, scheduled
+from pipeline.config import load as load_config
+from pipeline.guidance import Guidance, build_guidance
+from pipeline.io import atomic_write, atomic_write_json
+from pipeline.nerf.cameras import orbit_cameras, sample_cameras, with_suffix
+from pipeline.nerf.field import GridField
+from pipeline.nerf.renderer import Background, Shading, render, sample_shading
+from pipeline.sds import TimestepSchedule, sds
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or parameters became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint from another config, prompt or seed; refused rather than silently loaded."""
+
+
+class Model(nn.Module):
+    """What SDS optimises: the field and the background."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.field = GridField(cfg.nerf)
+        self.background = Background(cfg.render)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The only source of randomness of a step (cameras, shading, t, ε, strata)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    """Linear warm-up from lr·1e-3, then cosine decay to lr·final_lr_ratio at the last step."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (1e-3 + (1 - 1e-3) * step / max(t.warmup_steps, 1))
+    p = (step - t.warmup_steps) / max(t.steps - t.warmup_steps - 1, 1)
+    ratio = t.final_lr_ratio + (1 - t.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+    return t.lr * ratio
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def identity(cfg: Config, prompt_id: str, text: str, seed: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed."""
+    return {"config_digest": cfg.digest(), "prompt_id": prompt_id, "prompt": text, "seed": seed}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(directory: Path, model: Model, opt: torch.optim.Optimizer, step: int, ident: dict) -> None:
+    """Atomically write weights + Adam moments (safetensors) and the step and identity (JSON)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = opt.state_dict()
+    scalars: dict[str, Any] = {}
+    for idx, s in state["state"].items():
+        for k, v in s.items():
+            if torch.is_tensor(v) and v.ndim > 0:
+                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = float(v)
+    atomic_write(directory / "checkpoint.safetensors", lambda p: save_file(tensors, str(p)))
+    atomic_write_json(directory / "checkpoint.json", {"step": step, "identity": ident, "opt_scalars": scalars})
+
+
+def load_checkpoint(directory: Path, model: Model, opt: torch.optim.Optimizer, ident: dict) -> int:
+    """Restore a checkpoint; return the next step (0 if none). Refuses one from another config/prompt/seed."""
+    meta_path, weights = directory / "checkpoint.json", directory / "checkpoint.safetensors"
+    if not meta_path.exists() or not weights.exists():
+        return 0
+    meta = json.loads(meta_path.read_text())
+    if meta["identity"] != ident:
+        diff = [k for k in ident if meta["identity"].get(k) != ident[k]]
+        raise CheckpointMismatch(
+            f"{directory}: checkpoint was written for a different {', '.join(diff)} "
+            f"({meta['identity']}); delete the folder to start over"
+        )
+    tensors = load_file(str(weights))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[str, Any] = {"state": {}, "param_groups": opt.state_dict()["param_groups"]}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state["state"].setdefault(int(idx), {})[name] = v
+    for key, v in meta["opt_scalars"].items():
+        idx, name = key.split(".", 1)
+        state["state"].setdefault(int(idx), {})[name] = torch.tensor(v)
+    opt.load_state_dict(state)
+    return int(meta["step"])
+
+
+def save_model(path: Path, model: Model, cfg: Config, ident: dict) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"config": json.dumps(cfg.to_dict()), "identity": json.dumps(ident), "git_sha": git_sha()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Model, Config, dict]:
+    """A trained model.safetensors → (Model, its Config, its identity)."""
+    from safetensors import safe_open
+
+    from pipeline.config import from_dict
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path}: not a model written by pipeline.train (no config metadata)")
+    cfg = from_dict(json.loads(meta["config"]), f"{path} (metadata)")
+    model = Model(cfg)
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval(), cfg, json.loads(meta["identity"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _check_finite(step: int, what: str, value: Tensor, ckpt_dir: Path) -> None:
+    if not torch.isfinite(value).all():
+        last = ckpt_dir / "checkpoint.json"
+        where = f"step {json.loads(last.read_text())['step']} in {ckpt_dir}" if last.exists() else "none yet"
+        raise TrainingDiverged(
+            f"step {step}: {what} is NaN/Inf; stopped. Last good checkpoint: {where}. "
+            "Lower train.lr or guidance.scale, or enable guidance.score_clip"
+        )
+
+
+def preview(model: Model, cfg: Config, device: torch.device) -> Tensor:
+    """Four lit views at the evaluation elevation [4, 3, H, W]."""
+    cams = orbit_cameras(cfg.camera, [0.0, 90.0, 180.0, 270.0]).to(device)
+    with torch.no_grad():
+        return render(model.field, cams, cfg.render.resolution, cfg.render.samples, Shading.lit(4, cfg.shading),
+                      model.background, normal_eps=cfg.render.normal_eps).rgb.cpu()
+
+
+def train(
+    cfg: Config,
+    prompt_id: str,
+    text: str,
+    seed: int,
+    out: str | Path,
+    guidance: Guidance | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Optimise one object; resumes from out/checkpoint if present. Returns the final metrics.
+
+    `stop_after` ends the process-equivalent early (after that many steps, with a checkpoint) for tests of resume.
+    """
+    out = Path(out)
+    device = pick_device(cfg.train.device)
+    torch.manual_seed(seed)
+    ident = identity(cfg, prompt_id, text, seed)
+    ckpt_dir = out / "checkpoint"
+    guidance = guidance or build_guidance(cfg, device)
+    model = Model(cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.99), eps=1e-15,
+                           weight_decay=cfg.train.weight_decay, foreach=False)
+    start = load_checkpoint(ckpt_dir, model, opt, ident)
+    schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)
+    uncond = guidance.embed([""] * cfg.train.batch_views)
+    every_preview = cfg.train.preview_every or max(1, cfg.train.steps // 10)
+    log_path = out / "log.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    if start == 0:
+        log_path.unlink(missing_ok=True)
+    else:
+        _truncate_log(log_path, start)
+    timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0, "optimiser": 0.0}
+    t_start = time.perf_counter()
+    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=prompt_id, leave=False,
+               disable=os.environ.get("TQDM_DISABLE") == "1")
+    last: dict[str, float] = {}
+    with open(log_path, "a", encoding="utf-8") as log:
+        for step in bar:
+            g = step_generator(seed, step)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            t0 = time.perf_counter()
+            cams = sample_cameras(cfg.camera, cfg.train.batch_views, g).to(device)
+            shading = sample_shading(cfg.shading, step, cfg.train.batch_views, g)
+            orient_w = scheduled(cfg.train.orientation_weight, step)
+            res = render(model.field, cams, cfg.render.resolution, cfg.render.samples, shading, model.background,
+                         normal_eps=cfg.render.normal_eps, generator=g, training=True,
+                         need_normals=shading.needs_normals or orient_w > 0)
+            t1 = time.perf_counter()
+            texts = [
+                with_suffix(text, e, a) if cfg.guidance.view_suffix else text
+                for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(), strict=True)
+            ]
+            t = schedule(step, cfg.train.batch_views, g)
+            s = sds(guidance, res.rgb, guidance.embed(texts), uncond, t, cfg.guidance, step, g)
+            t2 = time.perf_counter()
+            opacity_pen = torch.sqrt(res.opacity**2 + 0.01).mean()
+            loss = s.loss + orient_w * res.orientation + cfg.train.opacity_weight * opacity_pen
+            if cfg.train.entropy_weight > 0:
+                a = res.opacity.clamp(1e-5, 1 - 1e-5)
+                loss = loss + cfg.train.entropy_weight * (-(a * a.log() + (1 - a) * (1 - a).log())).mean()
+            _check_finite(step, "loss", loss.detach(), ckpt_dir)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t3 = time.perf_counter()
+            opt.step()
+            for p in model.parameters():
+                _check_finite(step, "a parameter", p.detach(), ckpt_dir)
+            t4 = time.perf_counter()
+            for k, dt in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                timings[k] += dt
+            last = {
+                "step": step, "loss": float(loss.detach()), "sds": float(s.loss.detach()),
+                "orientation": float(res.orientation.detach()),
+                "opacity": float(res.opacity.detach().mean()), "t_mean": float(s.t.float().mean()),
+                "score_norm": float(s.score_norm.mean()), "lr": learning_rate(cfg, step),
+            }
+            log.write(json.dumps(last) + "\n")
+            bar.set_postfix(loss=f"{last['loss']:.3g}", t=int(last["t_mean"]))
+            if on_step:
+                on_step(step, last)
+            done = step + 1
+            if done % every_preview == 0 or done == cfg.train.steps:
+                from torchvision.utils import save_image
+
+                img = preview(model, cfg, device)
+                atomic_write(out / "previews" / f"step{done:06d}.png",
+                             lambda p, img=img: save_image(img, str(p), nrow=4, format="png"))
+            if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
+                log.flush()
+                save_checkpoint(ckpt_dir, model, opt, done, ident)
+            if stop_after is not None and done >= stop_after:
+                log.flush()
+                save_checkpoint(ckpt_dir, model, opt, done, ident)
+                return {"stopped_at": done}
+    wall = time.perf_counter() - t_start
+    ran = cfg.train.steps - start
+    metrics = {
+        **ident,
+        "steps": cfg.train.steps,
+        "resumed_from": start,
+        "final_loss": last.get("loss"),
+        "final_opacity": last.get("opacity"),
+        "wall_seconds": wall,
+        "steps_per_second": ran / wall if wall > 0 else None,
+        "seconds_per_step": {k: v / max(ran, 1) for k, v in timings.items()},
+        "device": str(device),
+        "cfg_convention": cfg.guidance.convention,
+        "guidance_scale": cfg.guidance.scale,
+        "git_sha": git_sha(),
+    }
+    save_model(out / "model.safetensors", model, cfg, ident)
+    atomic_write_json(out / "metrics.json", metrics)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return metrics
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only log lines of steps before `step` (a resumed run rewrites the rest)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", required=True, help="resolved variant config (YAML)")
+    ap.add_argument("--prompts", required=True, help="prompts.json from the prepare stage")
+    ap.add_argument("--prompt-id", required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--world-bank", default=None, help="bank .safetensors for guidance.name=world")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.params)
+    prompts = {p["id"]: p for p in json.loads(Path(args.prompts).read_text())["prompts"]}
+    if args.prompt_id not in prompts:
+        raise SystemExit(f"error: {args.prompts}: no prompt with id {args.prompt_id!r}")
+    device = pick_device(cfg.train.device)
+    if cfg.guidance.name == "world":
+        from pipeline.world.prior import ClosedFormWorldPrior
+
+        guidance = ClosedFormWorldPrior.from_config(cfg, device, args.world_bank)
+    else:
+        guidance = build_guidance(cfg, device)
+    from pipeline.tracking import tracked_training
+
+    with tracked_training(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, Path(args.out)) as hook:
+        metrics = train(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, args.out, guidance,
+                        on_step=hook)
+    print(json.dumps({k: metrics[k] for k in ("prompt", "final_loss", "wall_seconds", "steps_per_second")}))
+
+
+if __name__ == "__main__":
+    main()

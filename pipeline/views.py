@@ -1,0 +1,153 @@
+"""Views of a trained object: evaluation views, mesh agreement, turntable video, contact sheet.
+
+* Evaluation views: `views.azimuths` azimuths at the evaluation elevation (paper: 30°), mid-range distance and focal,
+  light at the camera, in colour (lit), textureless, normal and depth, from the trained field with the training
+  camera code. Float arrays go to views.npz (what the evaluation reads), PNGs to views/ (what people look at).
+* Mesh check: the exported mesh is ray-cast from the same cameras with open3d's RaycastingScene (CPU, headless) and
+  its silhouette compared with the field's (opacity > 0.5): mean IoU in views.json.
+* turntable.mp4 / turntable.gif (lit colour, full circle) and sheet.png (rows: colour, textureless, normal, depth).
+
+    python -m pipeline.views --model .../model.safetensors --mesh .../mesh.ply --out-dir .../
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.config import Config
+from pipeline.io import atomic_path, atomic_write, atomic_write_json
+from pipeline.nerf.cameras import Cameras, orbit_cameras, rays
+from pipeline.nerf.renderer import Shading, render
+from pipeline.train import Model, load_model
+
+MODES = ("color", "textureless", "normal", "depth")
+
+
+def eval_azimuths(n: int) -> list[float]:
+    """n evenly spaced azimuths starting at the front (0°)."""
+    return [360.0 * i / n for i in range(n)]
+
+
+def render_views(model: Model, cfg: Config, cams: Cameras, resolution: int, samples: int) -> dict[str, Tensor]:
+    """colour / textureless / normal / depth [N, 3, H, W] in [0, 1] and opacity [N, 1, H, W]."""
+    n = len(cams)
+    kw = {"normal_eps": cfg.render.normal_eps}
+    with torch.no_grad():
+        colour = render(model.field, cams, resolution, samples, Shading.lit(n, cfg.shading), model.background, **kw)
+        plain = render(model.field, cams, resolution, samples, Shading.lit(n, cfg.shading, textureless=True),
+                       model.background, **kw)
+    white = torch.ones_like(colour.rgb)
+    normal = colour.normal * 0.5 + 0.5 * colour.opacity + (1 - colour.opacity) * white
+    d = colour.depth
+    dist = cams.position.norm(dim=-1).view(n, 1, 1, 1)
+    near, far = dist - 2 * cfg.nerf.bound, dist + 2 * cfg.nerf.bound
+    depth_img = torch.where(colour.opacity > 0.5, 1 - (d - near) / (far - near), torch.zeros_like(d))
+    return {
+        "color": colour.rgb.cpu(), "textureless": plain.rgb.cpu(), "normal": normal.clamp(0, 1).cpu(),
+        "depth": depth_img.clamp(0, 1).expand(-1, 3, -1, -1).cpu(), "opacity": colour.opacity.cpu(),
+        "depth_raw": d.cpu(),
+    }
+
+
+def mesh_silhouettes(mesh_path: Path, cams: Cameras, resolution: int) -> np.ndarray | None:
+    """Boolean hit masks [N, H, W] of the mesh ray-cast from `cams` (None if the mesh is empty)."""
+    import open3d as o3d
+
+    mesh = o3d.io.read_triangle_mesh(str(mesh_path))
+    if len(mesh.triangles) == 0:
+        return None
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
+    origins, dirs = rays(cams, resolution)
+    r = torch.cat([origins, dirs], -1).numpy().astype(np.float32)
+    hits = scene.cast_rays(o3d.core.Tensor(r))
+    return np.isfinite(hits["t_hit"].numpy())
+
+
+def silhouette_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def _grid(images: list[Tensor], nrow: int) -> np.ndarray:
+    from torchvision.utils import make_grid
+
+    g = make_grid(torch.cat(images), nrow=nrow, padding=2, pad_value=1.0)
+    return (g.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    atomic_write(path, lambda p: iio.imwrite(p, array, extension=".png"))
+
+
+def run(model_path: str | Path, mesh_path: str | Path | None, out_dir: str | Path,
+        device: torch.device | None = None) -> dict[str, Any]:
+    import imageio.v2 as imageio
+
+    out_dir = Path(out_dir)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, ident = load_model(model_path, device)
+    v = cfg.views
+    azimuths = eval_azimuths(v.azimuths)
+    cams = orbit_cameras(cfg.camera, azimuths).to(device)
+    views = render_views(model, cfg, cams, v.resolution, v.samples)
+    arrays = {k: t.numpy() for k, t in views.items()}
+    atomic_write(out_dir / "views.npz", lambda p: np.savez_compressed(p.open("wb"), **arrays,
+                                                                       azimuths=np.array(azimuths)))
+    for mode in MODES:
+        for i, az in enumerate(azimuths):
+            img = (views[mode][i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            _png(out_dir / "views" / f"{mode}_{int(round(az)):03d}.png", img)
+    _png(out_dir / "sheet.png", _grid([views[m] for m in MODES], nrow=len(azimuths)))
+
+    info: dict[str, Any] = {"prompt": ident["prompt"], "elevation": cfg.camera.eval_elevation, "azimuths": azimuths,
+                            "resolution": v.resolution, "modes": list(MODES)}
+    if mesh_path is not None:
+        masks = mesh_silhouettes(Path(mesh_path), cams.to(torch.device("cpu")), v.resolution)
+        field_masks = views["opacity"][:, 0].numpy() > 0.5
+        info["mesh_silhouette_iou"] = (
+            None if masks is None else float(np.mean([silhouette_iou(a, b) for a, b in zip(masks, field_masks,
+                                                                                           strict=True)]))
+        )
+
+    turn = orbit_cameras(cfg.camera, eval_azimuths(v.turntable_frames)).to(device)
+    with torch.no_grad():
+        frames = render(model.field, turn, v.resolution, v.samples, Shading.lit(len(turn), cfg.shading),
+                        model.background, normal_eps=cfg.render.normal_eps).rgb.cpu()
+    frames_u8 = [(f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for f in frames]
+    frames_u8 = [np.kron(f, np.ones((4, 4, 1), dtype=np.uint8)) for f in frames_u8]  # 4× upscale for viewing
+    with atomic_path(out_dir / "turntable.mp4") as tmp:
+        imageio.mimwrite(tmp, frames_u8, fps=12, macro_block_size=1, format="FFMPEG")
+    with atomic_path(out_dir / "turntable.gif") as tmp:
+        imageio.mimwrite(tmp, frames_u8, duration=1 / 12, loop=0, format="GIF")
+    atomic_write_json(out_dir / "views.json", info)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--mesh", default=None)
+    ap.add_argument("--out-dir", required=True)
+    args = ap.parse_args(argv)
+    info = run(args.model, args.mesh, args.out_dir)
+    from pipeline.tracking import log_object_artifacts
+
+    out = Path(args.out_dir).resolve()
+    cfg = load_model(args.model)[1]
+    files = [out / n for n in ("turntable.mp4", "turntable.gif", "sheet.png", "mesh.glb", "mesh.ply", "mesh.json")]
+    log_object_artifacts(cfg, out.parents[1].name, out.parent.name, int(out.name.removeprefix("seed")), files)
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The closed-form world prior: the exact denoiser of the world's own (finite) image distribution.
+
+For the bank images x_i with caption y (and view suffix v, when the prompt has one):
+
+    E[x_0 | z_t, y] = Σ_i w_i x_i,   w = softmax_i(−‖z_t − α_t x_i‖² / 2σ_t²),   ε̂ = (z_t − α_t E[x_0 | z_t, y]) / σ_t
+
+and the unconditional ε̂ uses every image of the bank. No training, exact at every t, deterministic. The bank is
+regenerated from its seed (`python -m pipeline.world.prior --out bank.safetensors`, a Snakemake rule) and stored as
+8-bit images: that is the world's image distribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from pipeline.config import Config
+from pipeline.config import load as load_config
+from pipeline.guidance.base import Guidance, GuidanceLoadError
+from pipeline.io import atomic_write
+from pipeline.prompts import normalize
+from pipeline.world.scenes import CAPTIONS, COLOURS, SHAPES, VIEWS, colourise, parse_caption, render_shape, view_index
+
+BANK_MODES = ("albedo", "lit")
+"""Shading modes in the bank: what objects of the world look like (textureless renders are not images of a
+"red cube"; SDS on a textureless render therefore pushes geometry, as in the paper)."""
+
+
+def bank_settings(cfg: Config) -> dict:
+    """Everything the bank depends on; its hash names the bank file."""
+    return {
+        "world": cfg.to_dict()["world"],
+        "camera": cfg.to_dict()["camera"],
+        "shading": {"ambient": cfg.shading.ambient, "diffuse": cfg.shading.diffuse},
+        "render": {"samples": cfg.render.samples, "background_color": cfg.render.background_color,
+                   "normal_eps": cfg.render.normal_eps},
+        "bound": cfg.nerf.bound,
+        "version": 1,
+    }
+
+
+def bank_digest(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(bank_settings(cfg), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def linear_alphas_cumprod(T: int = 1000) -> Tensor:
+    """DDPM's linear β schedule (1e-4 … 0.02): the world prior's ᾱ_t."""
+    return torch.cumprod(1 - torch.linspace(1e-4, 2e-2, T, dtype=torch.float64), 0).float()
+
+
+def generate_bank(cfg: Config, seed: int | None = None, modes: tuple[str, ...] = BANK_MODES) -> dict[str, Tensor]:
+    """Render the world: images uint8 [N, 3, H, W], caption index, view index and mode index per image."""
+    g = torch.Generator().manual_seed(cfg.world.seed if seed is None else seed)
+    per_shape = max(1, round(cfg.world.images_per_caption / len(modes)))
+    images, cap_idx, view_idx, mode_idx = [], [], [], []
+    for shape in tqdm(SHAPES, desc="world bank", leave=False):
+        r = render_shape(cfg, shape, per_shape, g)
+        views = view_index(r.cams)
+        for colour, rgb in COLOURS.items():
+            for m, mode in enumerate(modes):
+                img = colourise(r, rgb, mode, cfg.render.background_color)
+                images.append((img * 255).round().to(torch.uint8))
+                cap_idx.append(torch.full((per_shape,), CAPTIONS.index(f"{_article(colour)} {colour} {shape}.")))
+                view_idx.append(views)
+                mode_idx.append(torch.full((per_shape,), m))
+    return {
+        "images": torch.cat(images),
+        "caption": torch.cat(cap_idx),
+        "view": torch.cat(view_idx),
+        "mode": torch.cat(mode_idx),
+    }
+
+
+def _article(colour: str) -> str:
+    return "an" if colour[0] in "aeiou" else "a"
+
+
+def save_bank(bank: dict[str, Tensor], path: str | Path, cfg: Config) -> None:
+    meta = {"settings": json.dumps(bank_settings(cfg), sort_keys=True), "captions": json.dumps(CAPTIONS)}
+    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in bank.items()}, str(p), metadata=meta))
+
+
+def load_bank(path: str | Path, cfg: Config) -> dict[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise GuidanceLoadError(f"{path}: world bank not found; build it with `snakemake world_bank` or "
+                                f"`python -m pipeline.world.prior --params <params.yaml> --out {path}`")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            settings = (fh.metadata() or {}).get("settings")
+        bank = load_file(str(path))
+    except Exception as exc:
+        raise GuidanceLoadError(f"{path}: unreadable world bank ({exc}); delete it and rebuild") from None
+    if settings != json.dumps(bank_settings(cfg), sort_keys=True):
+        raise GuidanceLoadError(f"{path}: world bank was built with other settings than this config; rebuild it")
+    return bank
+
+
+class ClosedFormWorldPrior(Guidance):
+    """Exact denoiser of the bank, conditioned on (caption, view suffix); embeddings are [caption, view] indices
+    (−1 = any), "" is the unconditional embedding."""
+
+    kind = "pixel"
+
+    def __init__(self, bank: dict[str, Tensor], device: torch.device) -> None:
+        super().__init__()
+        self.device, self.dtype = device, torch.float32
+        self.alphas_cumprod = linear_alphas_cumprod().to(device)
+        images = bank["images"].to(device)
+        self.resolution = int(images.shape[-1])
+        self.x = images.flatten(1).float() / 127.5 - 1.0  # [N, D] in [−1, 1]
+        self.x_sq = (self.x**2).sum(1)
+        self.caption = bank["caption"].to(device)
+        self.view = bank["view"].to(device)
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device, bank_path: str | Path | None = None) -> ClosedFormWorldPrior:
+        bank = load_bank(bank_path, cfg) if bank_path else generate_bank(cfg)
+        return cls(bank, device)
+
+    def _encode_text(self, texts: list[str]) -> Tensor:
+        out = []
+        for text in texts:
+            if not text:
+                out.append((-1, -1))
+                continue
+            base, _, suffix = text.partition(", ")
+            base = normalize(base)
+            try:
+                parse_caption(base)
+            except ValueError:
+                raise ValueError(f"the world prior knows only the {len(CAPTIONS)} captions of prompts/primitives.txt; "
+                                 f"got {text!r}") from None
+            if suffix and suffix not in VIEWS:
+                raise ValueError(f"unknown view suffix {suffix!r} in {text!r}; one of {VIEWS}")
+            out.append((CAPTIONS.index(base), VIEWS.index(suffix) if suffix else -1))
+        return torch.tensor(out, dtype=torch.long, device=self.device)
+
+    def encode(self, images: Tensor) -> Tensor:
+        if images.shape[-1] != self.resolution:
+            raise ValueError(f"render size {images.shape[-1]} != world bank size {self.resolution}; "
+                             "set world.resolution = render.resolution")
+        return images.float() * 2 - 1
+
+    def _mask(self, emb: Tensor) -> Tensor:
+        """[B, N] bool: bank entries matching each embedding (caption −1 = all; view −1 = any view)."""
+        cap, view = emb[:, :1], emb[:, 1:]
+        return ((cap < 0) | (self.caption[None] == cap)) & ((view < 0) | (self.view[None] == view))
+
+    def posterior_mean(self, z_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """E[x_0 | z_t, y] [B, C, H, W] under the bank restricted to each embedding's images."""
+        b = z_t.shape[0]
+        ab = self.alphas_cumprod[t].view(b, 1)
+        a, s2 = ab.sqrt(), 1 - ab
+        z = z_t.reshape(b, -1)
+        dist = (z**2).sum(1, keepdim=True) - 2 * a * (z @ self.x.T) + ab * self.x_sq[None]
+        logits = (-dist / (2 * s2)).masked_fill(~self._mask(emb), float("-inf"))
+        w = torch.softmax(logits, dim=1)
+        return (w @ self.x).view_as(z_t)
+
+    @torch.no_grad()
+    def predict_noise(self, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
+        z2, t2 = torch.cat([z_t, z_t]), torch.cat([t, t]).to(self.device)
+        x0 = self.posterior_mean(z2, t2, torch.cat([cond, uncond]))
+        ab = self.alphas_cumprod[t2].view(-1, 1, 1, 1)
+        eps = (z2 - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return eps.chunk(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Render the world's image bank (the closed-form prior's data).")
+    ap.add_argument("--params", required=True, help="resolved params (YAML)")
+    ap.add_argument("--out", required=True, help="bank .safetensors to write")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = load_config(args.params)
+    bank = generate_bank(cfg)
+    save_bank(bank, args.out, cfg)
+    print(f"{args.out}: {bank['images'].shape[0]} images of {len(CAPTIONS)} captions")
+
+
+if __name__ == "__main__":
+    main()

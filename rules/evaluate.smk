@@ -1,0 +1,57 @@
+rule evaluate:
+    """CLIP R-precision of one variant over all its prompts and seeds."""
+    input:
+        config=f"{RESULTS}/{{variant}}/config.yaml",
+        prompts=f"{RESULTS}/prompts.json",
+        views=lambda w: objects(w.variant, "views.npz"),
+    output:
+        json=f"{RESULTS}/{{variant}}/rprecision.json",
+        csv=f"{RESULTS}/{{variant}}/rprecision.csv",
+    log:
+        f"{RESULTS}/logs/evaluate/{{variant}}.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --views {input.views}"
+        " --out {output.json} > {log} 2>&1"
+
+
+rule ground_truth:
+    """The bundled world's ceiling: ground-truth renders through the same views and evaluator."""
+    input:
+        config=f"{RESULTS}/{next(iter(VARIANTS))}/config.yaml",
+        prompts=f"{RESULTS}/prompts.json",
+    output:
+        f"{RESULTS}/ground_truth.json",
+    log:
+        f"{RESULTS}/logs/ground_truth.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --ground-truth"
+        " --out {output} > {log} 2>&1"
+
+
+rule report:
+    """Table 1 side by side, variant comparison with bootstrap CIs, plots, gallery, index.html, DVC metrics."""
+    input:
+        evals=expand(f"{RESULTS}/{{variant}}/rprecision.json", variant=VARIANTS),
+        gt=[f"{RESULTS}/ground_truth.json"] if IS_WORLD else [],
+        media=[f for v in VARIANTS for f in objects(v, "sheet.png") + objects(v, "turntable.gif")],
+    output:
+        table=f"{RESULTS}/report/table.md",
+        csv=f"{RESULTS}/report/table.csv",
+        metrics=f"{RESULTS}/report/metrics.json",
+        plot=f"{RESULTS}/report/rprecision.csv",
+        html=f"{RESULTS}/report/index.html",
+    params:
+        out=f"{RESULTS}/report",
+        gt=lambda w, input: f"--ground-truth {input.gt}" if input.gt else "",
+        bootstrap=CFG.evaluate.bootstrap,
+    log:
+        f"{RESULTS}/logs/report.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.report --evals {input.evals} {params.gt} --media {input.media}"
+        " --bootstrap {params.bootstrap} --out-dir {params.out} > {log} 2>&1"

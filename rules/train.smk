@@ -1,0 +1,51 @@
+rule configure:
+    """Write the resolved config of one variant (re-written only when its values change)."""
+    output:
+        f"{RESULTS}/{{variant}}/config.yaml",
+    params:
+        values=lambda w: VARIANTS[w.variant].to_dict(),
+    log:
+        f"{RESULTS}/logs/configure/{{variant}}.log",
+    run:
+        cfgmod.save_resolved(VARIANTS[wildcards.variant], output[0])
+
+
+rule world_bank:
+    """Render the bundled world's image bank: the data of the closed-form prior (deterministic from its seed)."""
+    input:
+        config=lambda w: f"{RESULTS}/{next(v for v in VARIANTS if bank_file(v) and bank_file(v)[0].endswith(w.digest + '.safetensors'))}/config.yaml",
+    output:
+        "results/world/bank-{digest}.safetensors",
+    log:
+        "results/world/logs/bank-{digest}.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.world.prior --params {input.config} --out {output} > {log} 2>&1"
+
+
+rule train:
+    """SDS-NeRF optimisation of one (variant, prompt, seed); resumes from its checkpoint after a crash."""
+    input:
+        config=f"{RESULTS}/{{variant}}/config.yaml",
+        prompts=f"{RESULTS}/prompts.json",
+        bank=lambda w: bank_file(w.variant),
+    output:
+        model=f"{OBJ}/model.safetensors",
+        metrics=f"{OBJ}/metrics.json",
+    params:
+        out=OBJ,
+        bank=lambda w, input: f"--world-bank {input.bank}" if input.bank else "",
+    log:
+        f"{RESULTS}/logs/train/{{variant}}/{{pid}}-seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{variant}}/{{pid}}-seed{{seed}}.tsv"
+    threads: 2
+    resources:
+        gpu=train_gpus,
+        mem_mb=4000,
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.train --params {input.config} --prompts {input.prompts} --prompt-id {wildcards.pid}"
+        " --seed {wildcards.seed} --out {params.out} {params.bank} > {log} 2>&1"

@@ -1,0 +1,37 @@
+rule mesh:
+    """Marching cubes + open3d clean-up → mesh.ply / mesh.glb / mesh.json (an empty field is recorded, not fatal)."""
+    input:
+        f"{OBJ}/model.safetensors",
+    output:
+        ply=f"{OBJ}/mesh.ply",
+        glb=f"{OBJ}/mesh.glb",
+        stats=f"{OBJ}/mesh.json",
+    params:
+        out=OBJ,
+    log:
+        f"{RESULTS}/logs/mesh/{{variant}}/{{pid}}-seed{{seed}}.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.mesh --model {input} --out-dir {params.out} > {log} 2>&1"
+
+
+rule views:
+    """Evaluation views, mesh silhouette check, turntable (mp4, gif) and contact sheet."""
+    input:
+        model=f"{OBJ}/model.safetensors",
+        mesh=f"{OBJ}/mesh.ply",
+    output:
+        npz=f"{OBJ}/views.npz",
+        info=f"{OBJ}/views.json",
+        sheet=f"{OBJ}/sheet.png",
+        mp4=f"{OBJ}/turntable.mp4",
+        gif=f"{OBJ}/turntable.gif",
+    params:
+        out=OBJ,
+    log:
+        f"{RESULTS}/logs/views/{{variant}}/{{pid}}-seed{{seed}}.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.views --model {input.model} --mesh {input.mesh} --out-dir {params.out} > {log} 2>&1"
