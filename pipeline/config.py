@@ -200,7 +200,7 @@ class MeshConfig:
     resolution: int = field(default=0, metadata=_range(0))
     """Marching-cubes grid per axis (0 = 256 on a GPU, 128 on a CPU)."""
     threshold: float = field(default=0.0, metadata=_range(0.0))
-    """Density iso-level (0 = auto: the density whose alpha over one render sample is 0.5)."""
+    """Density iso-level (0 = auto: ln 2 / (bound/4), a slab 1/8 of the box wide is half-opaque)."""
     min_component_fraction: float = field(default=0.05, metadata=_range(0.0, 1.0))
     """Drop connected components with fewer triangles than this fraction of the largest."""
     target_triangles: int = field(default=0, metadata=_range(0))

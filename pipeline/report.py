@@ -44,7 +44,8 @@ def bootstrap_ci(values: np.ndarray, n: int, seed: int, level: float = 0.95) -> 
 
 
 def _short(name: str) -> str:
-    return Path(name).stem if "/" in name and Path(name).suffix else name
+    """A CLIP model's short name: a checkpoint path's stem, or the clip-anytorch name itself (ViT-B/32)."""
+    return Path(name).stem if Path(name).suffix in (".pt", ".pth") else name
 
 
 def _pct(x: Any) -> str:

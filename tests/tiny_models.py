@@ -68,3 +68,15 @@ def save_tiny_if(root: Path, seed: int = 0) -> Path:
         "tokenizer": ("transformers", "CLIPTokenizer"), "scheduler": ("diffusers", "DDPMScheduler"),
     })
     return root
+
+
+def save_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """A tiny random CLIP in clip-anytorch's state-dict format (what `clip.load(path, jit=False)` reads)."""
+    from pipeline.clip_loader import import_clip
+    from pipeline.world.evaluator import ARCH
+
+    torch.manual_seed(seed)
+    model = import_clip().model.CLIP(**{**ARCH, "vision_layers": 1, "transformer_layers": 1})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    return path

@@ -152,9 +152,12 @@ class ClosedFormWorldPrior(Guidance):
         return images.float() * 2 - 1
 
     def _mask(self, emb: Tensor) -> Tensor:
-        """[B, N] bool: bank entries matching each embedding (caption −1 = all; view −1 = any view)."""
+        """[B, N] bool: bank entries matching each embedding (caption −1 = all; view −1 = any view). A (caption, view)
+        pair without images in the bank falls back to all views of the caption."""
         cap, view = emb[:, :1], emb[:, 1:]
-        return ((cap < 0) | (self.caption[None] == cap)) & ((view < 0) | (self.view[None] == view))
+        by_caption = (cap < 0) | (self.caption[None] == cap)
+        mask = by_caption & ((view < 0) | (self.view[None] == view))
+        return torch.where(mask.any(1, keepdim=True), mask, by_caption)
 
     def posterior_mean(self, z_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """E[x_0 | z_t, y] [B, C, H, W] under the bank restricted to each embedding's images."""

@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.config import CameraConfig, RenderConfig, ShadingConfig
+from pipeline.nerf.cameras import orbit_cameras, rays, sample_cameras, view_suffix, with_suffix
+from pipeline.nerf.field import Field
+from pipeline.nerf.renderer import Background, Shading, render, sample_shading
+
+
+class Ball(Field):
+    """Uniform ball of radius r and density s, albedo `colour`."""
+
+    def __init__(self, r=0.5, s=1e4, colour=(0.2, 0.4, 0.6), softness=0.001):
+        super().__init__()
+        self.r, self.s, self.bound, self.softness = r, s, 1.0, softness
+        self.colour = torch.tensor(colour)
+
+    def density_albedo(self, pts):
+        return self.s * torch.sigmoid((self.r - pts.norm(dim=-1)) / self.softness), self.colour.expand(*pts.shape[:-1], 3)
+
+
+def test_view_suffix_rules():
+    assert view_suffix(61, 0) == "overhead view"
+    assert view_suffix(60, 0) == "front view"
+    assert view_suffix(0, 44.9) == "front view" and view_suffix(0, 315) == "front view"
+    assert view_suffix(0, 45) == "side view" and view_suffix(0, 134.9) == "side view"
+    assert view_suffix(0, 135) == "back view" and view_suffix(0, 224.9) == "back view"
+    assert view_suffix(0, 225) == "side view"
+    assert with_suffix("a red cube.", 10, 180) == "a red cube, back view"
+
+
+def test_camera_sampler_statistics():
+    cfg = CameraConfig()
+    c = sample_cameras(cfg, 20000, torch.Generator().manual_seed(0))
+    assert c.elevation.min() >= -10 and c.elevation.max() <= 90
+    assert c.azimuth.min() >= 0 and c.azimuth.max() < 360
+    assert abs(c.azimuth.mean().item() - 180) < 3
+    assert c.focal.min() >= 0.7 and c.focal.max() <= 1.35
+    dist = c.position.norm(dim=-1)
+    assert dist.min() >= 2.0 - 0.1 * math.sqrt(3) and dist.max() <= 2.5 + 0.1 * math.sqrt(3)
+    # half uniform in angle, half uniform in area (sin elevation): mean elevation between the two means
+    angle_mean = 40.0
+    s0, s1 = math.sin(math.radians(-10)), math.sin(math.radians(90))
+    area_mean = math.degrees(sum(math.asin(s0 + (s1 - s0) * (i + 0.5) / 1000) for i in range(1000)) / 1000)
+    assert abs(c.elevation.mean().item() - (angle_mean + area_mean) / 2) < 1.0
+    torch.testing.assert_close(torch.linalg.det(c.rotation), torch.ones(20000), atol=1e-4, rtol=0)
+
+
+def test_orbit_cameras_are_where_the_config_says():
+    cfg = CameraConfig(distance=[2.0, 2.0])
+    c = orbit_cameras(cfg, [0.0, 90.0])
+    torch.testing.assert_close(c.position[0], torch.tensor([2 * math.cos(math.radians(30)), 0.0, 1.0]))
+    torch.testing.assert_close(c.position[1], torch.tensor([0.0, 2 * math.cos(math.radians(30)), 1.0]), atol=1e-6,
+                               rtol=0)
+    o, d = rays(c, 9)
+    centre = d[:, 4, 4]
+    torch.testing.assert_close(centre, -torch.nn.functional.normalize(c.position, dim=-1), atol=1e-6, rtol=0)
+
+
+def _ball_render(shading, res=33, field=None, dist=3.0):
+    cfg = CameraConfig(distance=[dist, dist], focal=[1.0, 1.0])
+    cams = orbit_cameras(cfg, [0.0], elevation=0.0)
+    return render(field or Ball(), cams, res, 256, shading, Background(RenderConfig(background_color=[1, 1, 1])))
+
+
+def test_ball_opacity_depth_and_silhouette():
+    out = _ball_render(Shading.albedo(1))
+    # centre pixel: opaque, depth = distance − radius
+    assert out.opacity[0, 0, 16, 16] > 0.999
+    assert abs(out.depth[0, 0, 16, 16].item() - 2.5) < 0.01
+    # silhouette area: a ball of radius r at distance d subtends a disc of angular radius asin(r/d)
+    tan = math.tan(math.asin(0.5 / 3.0))
+    expected_pixels = math.pi * (tan * 33) ** 2  # focal = 1 × width
+    assert abs((out.opacity > 0.5).sum().item() - expected_pixels) / expected_pixels < 0.05
+    # albedo mode: the colour is the albedo where opaque, white background elsewhere
+    torch.testing.assert_close(out.rgb[0, :, 16, 16], torch.tensor([0.2, 0.4, 0.6]), atol=2e-3, rtol=0)
+    torch.testing.assert_close(out.rgb[0, :, 0, 0], torch.ones(3))
+
+
+def test_normals_point_outward_and_textureless_ignores_albedo():
+    lit = _ball_render(Shading.lit(1, ShadingConfig()))
+    n = lit.normal[0, :, 16, 16]
+    torch.testing.assert_close(n, torch.tensor([1.0, 0.0, 0.0]), atol=0.02, rtol=0)
+    plain = _ball_render(Shading.lit(1, ShadingConfig(), textureless=True))
+    other = _ball_render(Shading.lit(1, ShadingConfig(), textureless=True), field=Ball(colour=(0.9, 0.1, 0.1)))
+    torch.testing.assert_close(plain.rgb, other.rgb)
+    # light at the camera: the centre is fully lit (ambient + diffuse = 1) for a white albedo
+    assert abs(plain.rgb[0, 0, 16, 16].item() - 1.0) < 0.02
+    assert lit.orientation.item() < 1e-3
+
+
+def test_shading_schedule_probabilities():
+    cfg = ShadingConfig(albedo_steps=10, p_lit=0.75, p_textureless=0.5)
+    assert sample_shading(cfg, 9, 100).modes() == ["albedo"] * 100
+    modes = sample_shading(cfg, 10, 40000, torch.Generator().manual_seed(0)).modes()
+    frac = {m: modes.count(m) / len(modes) for m in ("albedo", "lit", "textureless")}
+    assert abs(frac["albedo"] - 0.25) < 0.01 and abs(frac["lit"] - 0.375) < 0.01
+    assert abs(frac["textureless"] - 0.375) < 0.01
+
+
+@pytest.mark.parametrize("mode", ["mlp", "solid", "random"])
+def test_backgrounds(mode):
+    bg = Background(RenderConfig(background=mode, background_color=[0.0, 1.0, 0.0]))
+    d = torch.nn.functional.normalize(torch.randn(2, 4, 4, 3), dim=-1)
+    out = bg(d, training=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 4, 4, 3) and out.min() >= 0 and out.max() <= 1
+    if mode != "mlp":
+        torch.testing.assert_close(bg(d, training=False), torch.tensor([0.0, 1.0, 0.0]).expand(2, 4, 4, 3))

@@ -1,0 +1,101 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import from_dict
+from pipeline.train import CheckpointMismatch, TrainingDiverged, learning_rate, load_model, train
+from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
+
+TINY = {
+    "world": {"images_per_caption": 8, "resolution": 16},
+    "render": {"resolution": 16, "samples": 16},
+    "nerf": {"resolution": 12},
+    "shading": {"albedo_steps": 2},
+    "train": {"steps": 8, "batch_views": 2, "checkpoint_every": 3, "warmup_steps": 2},
+    "tracking": {"enabled": False},
+}
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return ClosedFormWorldPrior(generate_bank(from_dict(TINY)), torch.device("cpu"))
+
+
+def test_learning_rate_warmup_and_cosine():
+    cfg = from_dict({"train": {"steps": 102, "lr": 0.1, "warmup_steps": 2, "final_lr_ratio": 0.1}})
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 2) == pytest.approx(0.1)
+    assert learning_rate(cfg, 101) == pytest.approx(0.01)
+    assert learning_rate(cfg, 51) == pytest.approx(0.055, abs=1e-3)
+
+
+def test_end_to_end_outputs(tmp_path, prior):
+    cfg = from_dict(TINY)
+    m = train(cfg, "a-red-cube", "a red cube.", 0, tmp_path, prior)
+    assert m["steps"] == 8 and m["resumed_from"] == 0 and set(m["seconds_per_step"]) == {
+        "render", "guidance", "backward", "optimiser"}
+    assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "checkpoint").exists()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(8))
+    assert len(list((tmp_path / "previews").glob("*.png"))) >= 1
+    model, loaded_cfg, ident = load_model(tmp_path / "model.safetensors")
+    assert loaded_cfg == cfg and ident["prompt"] == "a red cube."
+
+
+def test_resume_gives_identical_weights(tmp_path, prior):
+    cfg = from_dict(TINY)
+    train(cfg, "p", "a red cube.", 1, tmp_path / "full", prior)
+    assert train(cfg, "p", "a red cube.", 1, tmp_path / "cut", prior, stop_after=5) == {"stopped_at": 5}
+    assert json.loads((tmp_path / "cut/checkpoint/checkpoint.json").read_text())["step"] == 5
+    m = train(cfg, "p", "a red cube.", 1, tmp_path / "cut", prior)
+    assert m["resumed_from"] == 5
+    a, b = load_file(str(tmp_path / "full/model.safetensors")), load_file(str(tmp_path / "cut/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = (tmp_path / "full/log.jsonl").read_text().splitlines()
+    lb = (tmp_path / "cut/log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss"] for x in la] == [json.loads(x)["loss"] for x in lb]
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path, prior):
+    cfg = from_dict(TINY)
+    train(cfg, "p", "a red cube.", 0, tmp_path, prior, stop_after=3)
+    other = from_dict({**TINY, "guidance": {"scale": 30.0}})
+    with pytest.raises(CheckpointMismatch, match="different config_digest"):
+        train(other, "p", "a red cube.", 0, tmp_path, prior)
+    with pytest.raises(CheckpointMismatch, match="different seed"):
+        train(cfg, "p", "a red cube.", 5, tmp_path, prior)
+
+
+class NaNAfter:
+    """Wraps a guidance model and returns NaN noise predictions from step `k` on."""
+
+    def __init__(self, inner, k):
+        self.inner, self.k, self.calls = inner, k, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_noise(self, z, t, c, u):
+        self.calls += 1
+        ec, eu = self.inner.predict_noise(z, t, c, u)
+        return (ec * float("nan"), eu) if self.calls > self.k else (ec, eu)
+
+
+def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path, prior):
+    cfg = from_dict(TINY)
+    with pytest.raises(TrainingDiverged, match=r"step 4: loss is NaN/Inf; stopped. Last good checkpoint: step 3"):
+        train(cfg, "p", "a red cube.", 0, tmp_path, NaNAfter(prior, 4))
+    assert json.loads((tmp_path / "checkpoint/checkpoint.json").read_text())["step"] == 3
+    assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_tiny_random_stable_diffusion_trains(tmp_path):
+    from tests.tiny_models import save_tiny_sd
+
+    sd = save_tiny_sd(tmp_path / "sd")
+    cfg = from_dict({**TINY, "guidance": {"name": "stable-diffusion", "model": str(sd), "latent_resolution": 16,
+                                          "scale": 100.0}, "train": {**TINY["train"], "steps": 3}})
+    m = train(cfg, "p", "a squirrel.", 0, tmp_path / "out", None)
+    assert m["steps"] == 3 and (tmp_path / "out/model.safetensors").exists()
