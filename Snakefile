@@ -17,6 +17,6 @@ include: "rules/evaluate.smk"
 
 rule all:
     input:
-        f"{RESULTS}/report/index.html",
-        f"{RESULTS}/report/metrics.json",
+        f"{REPORT}/index.html",
+        f"{REPORT}/metrics.json",
         [f for v in VARIANTS for f in objects(v, "mesh.glb")],

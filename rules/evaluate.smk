@@ -39,13 +39,13 @@ rule report:
         gt=[f"{RESULTS}/ground_truth.json"] if IS_WORLD else [],
         media=[f for v in VARIANTS for f in objects(v, "sheet.png") + objects(v, "turntable.gif")],
     output:
-        table=f"{RESULTS}/report/table.md",
-        csv=f"{RESULTS}/report/table.csv",
-        metrics=f"{RESULTS}/report/metrics.json",
-        plot=f"{RESULTS}/report/rprecision.csv",
-        html=f"{RESULTS}/report/index.html",
+        table=f"{REPORT}/table.md",
+        csv=f"{REPORT}/table.csv",
+        metrics=f"{REPORT}/metrics.json",
+        plot=f"{REPORT}/rprecision.csv",
+        html=f"{REPORT}/index.html",
     params:
-        out=f"{RESULTS}/report",
+        out=REPORT,
         gt=lambda w, input: f"--ground-truth {input.gt}" if input.gt else "",
         bootstrap=CFG.evaluate.bootstrap,
     log:

@@ -1,0 +1,110 @@
+"""The whole Snakefile on a tiny config (2 prompts, 2 variants, few steps, tiny models) in a temp dir."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import run_snakemake
+from tests.tiny_models import save_tiny_clip
+
+TINY = {
+    "prompts": {"select": ["a red cube", "a blue sphere"]},
+    "world": {"images_per_caption": 8, "resolution": 16},
+    "render": {"resolution": 16, "samples": 16},
+    "nerf": {"resolution": 12, "blob_density": 10.0, "blob_radius": 0.4},
+    "shading": {"albedo_steps": 2},
+    "train": {"steps": 4, "batch_views": 2, "checkpoint_every": 2, "warmup_steps": 1},
+    "mesh": {"resolution": 24},
+    "views": {"azimuths": 2, "resolution": 16, "turntable_frames": 2, "samples": 16},
+    "evaluate": {"clip_models": ["tiny-clip.pt"], "bootstrap": 100},
+    "sweep": {"guidance.scale": [10, 30]},
+}
+
+
+def tiny_workdir(workdir):
+    save_tiny_clip(workdir / "tiny-clip.pt")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return workdir
+
+
+def test_full_tiny_run_with_mlflow(workdir):
+    from mlflow.tracking import MlflowClient
+
+    wd = tiny_workdir(workdir)
+    run_snakemake(wd, "--configfile", "tiny.yaml")
+    res = wd / "results/primitives"
+    variants = ["world-w10-uniform", "world-w30-uniform"]
+    for v in variants:
+        ev = json.loads((res / v / "rprecision.json").read_text())
+        assert ev["retrieval_set_size"] == 36 and set(ev["models"]["tiny-clip.pt"]) == {"color", "geo", "geo_shape"}
+        assert len(list((res / v).glob("*/seed0/mesh.glb"))) == 2
+    rep = wd / "reports/primitives"
+    metrics = json.loads((rep / "metrics.json").read_text())
+    assert set(metrics) == {*variants, "ground_truth"}
+    assert "GT renders (ceiling)" in (rep / "table.md").read_text()
+
+    client = MlflowClient(f"sqlite:///{wd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("primitives")
+    parents = client.search_runs([exp.experiment_id], "tags.kind = 'variant'")
+    children = client.search_runs([exp.experiment_id], "tags.kind = 'object'")
+    assert sorted(r.data.tags["variant"] for r in parents) == variants
+    assert len(children) == 4
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
+        assert c.info.status == "FINISHED" and "git_sha" in c.data.tags and "params_hash" in c.data.tags
+        assert len(client.get_metric_history(c.info.run_id, "loss")) == 4
+        assert "rprecision.tiny-clip.color" in c.data.metrics
+        arts = {a.path for a in client.list_artifacts(c.info.run_id, "object")}
+        assert {"object/turntable.mp4", "object/mesh.glb"} <= arts
+    for p in parents:
+        assert "rprecision.tiny-clip.color" in p.data.metrics
+
+    # nothing to do on a second run; changing one sweep value re-runs only that variant
+    dry = run_snakemake(wd, "--configfile", "tiny.yaml", "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    (wd / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "sweep": {"guidance.scale": [10, 50]}}))
+    dry = run_snakemake(wd, "--configfile", "tiny.yaml", "-n")
+    assert "variant=world-w50-uniform" in dry.stdout and "variant=world-w10-uniform" not in dry.stdout
+
+
+@pytest.mark.slow  # two more pipeline runs (~5 min); run with `pytest -m slow`
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
+    wd = tiny_workdir(workdir)
+    base = yaml.safe_load((wd / "params.yaml").read_text())
+    merged = {**base, **{k: v for k, v in TINY.items() if k != "sweep"}}
+    merged["tracking"] = {"enabled": False}
+    (wd / "params.yaml").write_text(yaml.safe_dump(merged))
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "dvc.yaml"), wd / "dvc.yaml")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(wd), "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def sh(*cmd, cwd=wd):
+        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        assert p.returncode == 0, f"{cmd}: {p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        return p.stdout
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "init")
+    sh("dvc", "repro")
+    assert json.loads((wd / "reports/primitives/metrics.json").read_text())
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "baseline")
+    sh("dvc", "exp", "run", "-S", "guidance.scale=30", "-n", "w30")
+    shown = sh("dvc", "exp", "show", "--md")
+    assert "w30" in shown and "metrics.json" in shown or "world-w30-uniform" in shown
+    sh("dvc", "metrics", "show")
+    sh("dvc", "push")
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(wd), str(clone), cwd=tmp_path)
+    sh("dvc", "remote", "add", "-f", "-d", "local", str(tmp_path / "remote"), cwd=clone)
+    sh("dvc", "pull", cwd=clone)
+    assert (clone / "reports/primitives/metrics.json").read_text() == (wd / "reports/primitives/metrics.json").read_text()
+    assert list((clone / "results/primitives").glob("*/*/seed0/model.safetensors"))
