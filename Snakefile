@@ -13,6 +13,7 @@ include: "rules/prepare.smk"
 include: "rules/train.smk"
 include: "rules/views.smk"
 include: "rules/evaluate.smk"
+include: "rules/world.smk"
 
 
 rule all:

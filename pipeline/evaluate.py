@@ -85,6 +85,22 @@ def mean_and_stderr(scores: list[float]) -> tuple[float, float]:
 # --------------------------------------------------------------------------- CLIP
 
 
+def verify_checksum(path: Path) -> None:
+    """Bundled weights record their sha256 in <name>.train.json; a mismatch means a corrupted or replaced file."""
+    import hashlib
+
+    record = path.with_suffix(".train.json")
+    if not path.is_file() or not record.is_file():
+        return
+    expected = json.loads(record.read_text()).get("sha256")
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if expected and actual != expected:
+        raise EvaluationError(
+            f"{path}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded in {record.name}; the file is "
+            "corrupted or was replaced: restore it (`git checkout -- models/`) or retrain (`snakemake bundled_models`)"
+        )
+
+
 class ClipScorer:
     """A CLIP model loaded through clip-anytorch (`clip.load`): a name (downloaded to `cache`) or a checkpoint path."""
 
@@ -95,11 +111,14 @@ class ClipScorer:
                 f"evaluate.clip_models: {name!r} is neither a clip-anytorch model name "
                 f"({', '.join(clip.available_models())}) nor an existing checkpoint file"
             )
+        verify_checksum(Path(name))
         try:
             self.model, _ = clip.load(name, device=device, jit=False, download_root=cache or None)
         except Exception as exc:
-            raise EvaluationError(f"could not load CLIP {name!r} ({type(exc).__name__}: {exc}); "
-                                  "a named model needs network access once, a path must be a CLIP state dict") from None
+            raise EvaluationError(
+                f"could not load CLIP {name!r} ({type(exc).__name__}: {exc}); "
+                "a named model needs network access once, a path must be a CLIP state dict"
+            ) from None
         self.model = self.model.float().eval()
         self.name, self.device, self.clip = name, device, clip
         self.resolution = int(self.model.visual.input_resolution)
@@ -115,8 +134,9 @@ class ClipScorer:
         """[N, 3, H, W] in [0, 1] → unit embeddings [N, D] (bicubic antialiased resize, CLIP normalisation)."""
         x = images.to(self.device).float()
         if x.shape[-1] != self.resolution:
-            x = F.interpolate(x, (self.resolution, self.resolution), mode="bicubic", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x, (self.resolution, self.resolution), mode="bicubic", align_corners=False, antialias=True
+            )
         x = (x.clamp(0, 1) - MEAN.to(x.device)) / STD.to(x.device)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
@@ -128,14 +148,17 @@ def _shape_of(caption: str) -> str:
     return caption.rstrip(".").split()[-1]
 
 
-def evaluate(objects: list[dict[str, Any]], retrieval_set: list[str], scorers: list[ClipScorer], combine: str,
-             world: bool) -> dict[str, Any]:
+def evaluate(
+    objects: list[dict[str, Any]], retrieval_set: list[str], scorers: list[ClipScorer], combine: str, world: bool
+) -> dict[str, Any]:
     """objects: {prompt_id, seed, text, views: {color: [V,3,H,W], geo: [...]}} → results for every CLIP model."""
     index = {c: i for i, c in enumerate(retrieval_set)}
     for obj in objects:
         if normalize(obj["text"]) not in index:
-            raise EvaluationError(f"caption {obj['text']!r} of {obj['prompt_id']} is not in the retrieval set "
-                                  f"({len(retrieval_set)} captions); evaluate against the benchmark it came from")
+            raise EvaluationError(
+                f"caption {obj['text']!r} of {obj['prompt_id']} is not in the retrieval set "
+                f"({len(retrieval_set)} captions); evaluate against the benchmark it came from"
+            )
     per_object: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for scorer in scorers:
@@ -150,9 +173,16 @@ def evaluate(objects: list[dict[str, Any]], retrieval_set: list[str], scorers: l
                 score, ranks, sim = object_score(emb, txt, true_index, combine)
                 scores[mode].append(score)
                 top = order(sim.mean(0))[:5]
-                row = {"prompt_id": obj["prompt_id"], "seed": obj["seed"], "text": obj["text"],
-                       "clip": scorer.name, "mode": mode, "score": score, "mean_rank": float(ranks.float().mean()),
-                       "top5": [retrieval_set[k] for k in top]}
+                row = {
+                    "prompt_id": obj["prompt_id"],
+                    "seed": obj["seed"],
+                    "text": obj["text"],
+                    "clip": scorer.name,
+                    "mode": mode,
+                    "score": score,
+                    "mean_rank": float(ranks.float().mean()),
+                    "top5": [retrieval_set[k] for k in top],
+                }
                 if world and mode == "geo":
                     tops = sim.argmax(1) if combine == "per-view" else sim[:1].argmax(1)
                     hit = [_shape_of(retrieval_set[k]) == _shape_of(obj["text"]) for k in tops.tolist()]
@@ -166,8 +196,13 @@ def evaluate(objects: list[dict[str, Any]], retrieval_set: list[str], scorers: l
             mean, se = mean_and_stderr(shape_scores)
             model_summary["geo_shape"] = {"r_precision": mean, "stderr": se, "n": len(shape_scores)}
         summary[scorer.name] = model_summary
-    return {"retrieval_set_size": len(retrieval_set), "chance": 1 / len(retrieval_set), "combine": combine,
-            "models": summary, "objects": per_object}
+    return {
+        "retrieval_set_size": len(retrieval_set),
+        "chance": 1 / len(retrieval_set),
+        "combine": combine,
+        "models": summary,
+        "objects": per_object,
+    }
 
 
 def load_views(npz: Path) -> dict[str, Tensor]:
@@ -192,14 +227,17 @@ def ground_truth_objects(cfg: Config, captions: list[str]) -> list[dict[str, Any
     from pipeline.world.scenes import COLOURS, PrimitiveField, parse_caption
 
     cams = __import__("pipeline.nerf.cameras", fromlist=["orbit_cameras"]).orbit_cameras(
-        cfg.camera, eval_azimuths(cfg.views.azimuths))
+        cfg.camera, eval_azimuths(cfg.views.azimuths)
+    )
     out = []
     for text in captions:
         colour, shape = parse_caption(text)
         model = Model(cfg)
         model.field = PrimitiveField(shape, COLOURS[colour], bound=cfg.nerf.bound)
         v = render_views(model, cfg, cams, cfg.views.resolution, cfg.views.samples)
-        out.append({"prompt_id": text, "seed": 0, "text": text, "views": {"color": v["color"], "geo": v["textureless"]}})
+        out.append(
+            {"prompt_id": text, "seed": 0, "text": text, "views": {"color": v["color"], "geo": v["textureless"]}}
+        )
     return out
 
 
@@ -227,8 +265,14 @@ def main(argv: list[str] | None = None) -> None:
             objects.append({"prompt_id": pid, "seed": seed, "text": texts[pid], "views": load_views(f)})
     scorers = [ClipScorer(m, device, cfg.evaluate.clip_cache) for m in cfg.evaluate.clip_models]
     result = evaluate(objects, doc["retrieval_set"], scorers, cfg.evaluate.combine, world)
-    result.update(benchmark=doc["benchmark"], config_digest=cfg.digest(), guidance_scale=cfg.guidance.scale,
-                  schedule=cfg.schedule.name, cfg_convention=cfg.guidance.convention, clip_models=cfg.evaluate.clip_models)
+    result.update(
+        benchmark=doc["benchmark"],
+        config_digest=cfg.digest(),
+        guidance_scale=cfg.guidance.scale,
+        schedule=cfg.schedule.name,
+        cfg_convention=cfg.guidance.convention,
+        clip_models=cfg.evaluate.clip_models,
+    )
     atomic_write_json(args.out, result)
     atomic_write_text(Path(args.out).with_suffix(".csv"), per_object_csv(result["objects"]))
     if not args.ground_truth:

@@ -24,8 +24,10 @@ from pipeline.config import Config
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.nerf.field import Field
 
-EMPTY_PLY = "ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\nproperty float z\n" \
-            "element face 0\nproperty list uchar int vertex_indices\nend_header\n"
+EMPTY_PLY = (
+    "ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\nproperty float z\n"
+    "element face 0\nproperty list uchar int vertex_indices\nend_header\n"
+)
 
 
 class EmptyField(ValueError):
@@ -63,8 +65,9 @@ def extract(field: Field, resolution: int, threshold: float, device: torch.devic
     verts = (verts - 1) * (2 * field.bound / (resolution - 1)) - field.bound
     with torch.no_grad():
         colours = field.density_albedo(torch.as_tensor(verts, dtype=torch.float32, device=device))[1].cpu().numpy()
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts.astype(np.float64)),
-                                     o3d.utility.Vector3iVector(faces.astype(np.int32)))
+    mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(verts.astype(np.float64)), o3d.utility.Vector3iVector(faces.astype(np.int32))
+    )
     mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(colours, 0, 1).astype(np.float64))
     return mesh
 

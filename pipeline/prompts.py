@@ -109,8 +109,13 @@ def read_prompt_file(path: str | Path, max_tokens: int = 77) -> list[Prompt]:
     for p in prompts:
         n = _token_count(p.text)
         if n > max_tokens:
-            log.warning("%s:%d: caption has %d tokens, over the text encoder's %d; it will be truncated",
-                        path, p.line, n, max_tokens)
+            log.warning(
+                "%s:%d: caption has %d tokens, over the text encoder's %d; it will be truncated",
+                path,
+                p.line,
+                n,
+                max_tokens,
+            )
     return prompts
 
 

@@ -57,12 +57,21 @@ def _pct(x: Any) -> str:
 
 
 def object_scores(ev: dict[str, Any], clip: str, mode: str, key: str = "score") -> dict[tuple[str, int], float]:
-    return {(o["prompt_id"], o["seed"]): o[key] for o in ev["objects"] if o["clip"] == clip and o["mode"] == mode
-            and key in o}
+    return {
+        (o["prompt_id"], o["seed"]): o[key]
+        for o in ev["objects"]
+        if o["clip"] == clip and o["mode"] == mode and key in o
+    }
 
 
-def build(evals: dict[str, dict[str, Any]], out_dir: Path, ground_truth: dict[str, Any] | None = None,
-          bootstrap: int = 2000, seed: int = 0, media: dict[str, list[Path]] | None = None) -> dict[str, Any]:
+def build(
+    evals: dict[str, dict[str, Any]],
+    out_dir: Path,
+    ground_truth: dict[str, Any] | None = None,
+    bootstrap: int = 2000,
+    seed: int = 0,
+    media: dict[str, list[Path]] | None = None,
+) -> dict[str, Any]:
     """Write every report file from {variant: rprecision.json contents}; return the DVC metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = list(evals)
@@ -75,27 +84,43 @@ def build(evals: dict[str, dict[str, Any]], out_dir: Path, ground_truth: dict[st
         header += [f"{_short(c)} geo (shape)" for c in clips]
     rows: list[list[str]] = []
     if ground_truth:
-        rows.append(["GT renders (ceiling)"] + [_pct(ground_truth["models"][c][m]["r_precision"])
-                                                 for c in clips for m in MODES]
-                    + ([_pct(ground_truth["models"][c]["geo_shape"]["r_precision"]) for c in clips] if world else []))
+        rows.append(
+            ["GT renders (ceiling)"]
+            + [_pct(ground_truth["models"][c][m]["r_precision"]) for c in clips for m in MODES]
+            + ([_pct(ground_truth["models"][c]["geo_shape"]["r_precision"]) for c in clips] if world else [])
+        )
     for v, ev in evals.items():
-        cells = [f"{_pct(ev['models'][c][m]['r_precision'])} ± {_pct(ev['models'][c][m]['stderr'])}"
-                 for c in clips for m in MODES]
+        cells = [
+            f"{_pct(ev['models'][c][m]['r_precision'])} ± {_pct(ev['models'][c][m]['stderr'])}"
+            for c in clips
+            for m in MODES
+        ]
         if world:
-            cells += [f"{_pct(ev['models'][c]['geo_shape']['r_precision'])} ± "
-                      f"{_pct(ev['models'][c]['geo_shape']['stderr'])}" for c in clips]
+            cells += [
+                f"{_pct(ev['models'][c]['geo_shape']['r_precision'])} ± {_pct(ev['models'][c]['geo_shape']['stderr'])}"
+                for c in clips
+            ]
         rows.append([f"ours: {v}"] + cells)
     n_ret = next(iter(evals.values()))["retrieval_set_size"] if evals else 0
-    md = [f"# CLIP R-precision (%), retrieval set of {n_ret} captions (chance {100 / max(n_ret, 1):.2f} %)", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md = [
+        f"# CLIP R-precision (%), retrieval set of {n_ret} captions (chance {100 / max(n_ret, 1):.2f} %)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     paper_models = ["ViT-B/32", "ViT-B/16", "ViT-L/14"]
-    md += ["", "## DreamFusion Table 1 (quoted from the paper, 153 COCO captions, not measured here)", "",
-           "| Method | " + " | ".join(f"{m} {k}" for m in paper_models for k in MODES) + " |",
-           "|" + "---|" * (1 + 2 * len(paper_models))]
+    md += [
+        "",
+        "## DreamFusion Table 1 (quoted from the paper, 153 COCO captions, not measured here)",
+        "",
+        "| Method | " + " | ".join(f"{m} {k}" for m in paper_models for k in MODES) + " |",
+        "|" + "---|" * (1 + 2 * len(paper_models)),
+    ]
     for method, vals in PAPER_TABLE1:
-        md.append(f"| {method} (paper) | " + " | ".join(_pct_paper(vals[m][i]) for m in paper_models
-                                                        for i in range(2)) + " |")
+        md.append(
+            f"| {method} (paper) | " + " | ".join(_pct_paper(vals[m][i]) for m in paper_models for i in range(2)) + " |"
+        )
     atomic_write_text(out_dir / "table.md", "\n".join(md) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -118,9 +143,14 @@ def build(evals: dict[str, dict[str, Any]], out_dir: Path, ground_truth: dict[st
 
     # ---- variant comparison: bootstrap CIs and paired differences against the first variant
     plot_rows, metrics = [], {}
-    comp = ["# Variants: R-precision with 95 % bootstrap CIs (objects resampled)", "",
-            "| variant | CLIP | mode | R-precision | 95 % CI | Δ vs " + (variants[0] if variants else "") +
-            " (paired) | 95 % CI of Δ |", "|---|---|---|---|---|---|---|"]
+    comp = [
+        "# Variants: R-precision with 95 % bootstrap CIs (objects resampled)",
+        "",
+        "| variant | CLIP | mode | R-precision | 95 % CI | Δ vs "
+        + (variants[0] if variants else "")
+        + " (paired) | 95 % CI of Δ |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for v, ev in evals.items():
         metrics[v] = {}
         for c in clips:
@@ -135,12 +165,23 @@ def build(evals: dict[str, dict[str, Any]], out_dir: Path, ground_truth: dict[st
                 diff = np.array([scores[k] - base[k] for k in common], dtype=np.float64)
                 dlo, dhi = bootstrap_ci(diff, bootstrap, seed)
                 mean = float(vals.mean()) if len(vals) else float("nan")
-                comp.append(f"| {v} | {_short(c)} | {m} | {_pct(mean)} | [{_pct(lo)}, {_pct(hi)}] | "
-                            f"{_pct(float(diff.mean()) if len(diff) else None)} | [{_pct(dlo)}, {_pct(dhi)}] |")
+                comp.append(
+                    f"| {v} | {_short(c)} | {m} | {_pct(mean)} | [{_pct(lo)}, {_pct(hi)}] | "
+                    f"{_pct(float(diff.mean()) if len(diff) else None)} | [{_pct(dlo)}, {_pct(dhi)}] |"
+                )
                 metrics[v][_short(c)][m] = round(mean, 4)
-                plot_rows.append({"variant": v, "guidance_scale": ev.get("guidance_scale"),
-                                  "schedule": ev.get("schedule"), "clip": _short(c), "mode": m,
-                                  "r_precision": mean, "ci_low": lo, "ci_high": hi})
+                plot_rows.append(
+                    {
+                        "variant": v,
+                        "guidance_scale": ev.get("guidance_scale"),
+                        "schedule": ev.get("schedule"),
+                        "clip": _short(c),
+                        "mode": m,
+                        "r_precision": mean,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                    }
+                )
     atomic_write_text(out_dir / "comparison.md", "\n".join(comp) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(plot_rows[0]) if plot_rows else ["variant"])
@@ -148,8 +189,10 @@ def build(evals: dict[str, dict[str, Any]], out_dir: Path, ground_truth: dict[st
     w.writerows(plot_rows)
     atomic_write_text(out_dir / "rprecision.csv", buf.getvalue())
     if ground_truth:
-        metrics["ground_truth"] = {_short(c): {m: round(ground_truth["models"][c][m]["r_precision"], 4)
-                                               for m in ground_truth["models"][c]} for c in clips}
+        metrics["ground_truth"] = {
+            _short(c): {m: round(ground_truth["models"][c][m]["r_precision"], 4) for m in ground_truth["models"][c]}
+            for c in clips
+        }
     atomic_write_json(out_dir / "metrics.json", metrics)
     _plot(plot_rows, out_dir / "rprecision_vs_scale.png")
     gallery = _gallery(media or {}, out_dir / "gallery.png")
@@ -170,9 +213,12 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (sched, clip, mode) in sorted({(r["schedule"], r["clip"], r["mode"]) for r in rows}):
-        pts = sorted((r["guidance_scale"], r["r_precision"], r["ci_low"], r["ci_high"]) for r in rows
-                     if (r["schedule"], r["clip"], r["mode"]) == (sched, clip, mode))
+    for sched, clip, mode in sorted({(r["schedule"], r["clip"], r["mode"]) for r in rows}):
+        pts = sorted(
+            (r["guidance_scale"], r["r_precision"], r["ci_low"], r["ci_high"])
+            for r in rows
+            if (r["schedule"], r["clip"], r["mode"]) == (sched, clip, mode)
+        )
         x = [p[0] for p in pts]
         y = np.array([p[1] for p in pts]) * 100
         lo, hi = np.array([p[2] for p in pts]) * 100, np.array([p[3] for p in pts]) * 100
@@ -222,20 +268,28 @@ def _html(out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, 
         body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
         return f"<table><tr>{head}</tr>{body}</table>"
 
-    parts = ["<!doctype html><meta charset='utf-8'><title>DreamFusion lab report</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}img{image-rendering:pixelated}</style>",
-             "<h1>DreamFusion lab report</h1>", "<h2>R-precision</h2>", md_table(out_dir / "table.md"),
-             "<h2>Variants</h2>", md_table(out_dir / "comparison.md"),
-             f"<p><img src='{rel(out_dir / 'rprecision_vs_scale.png')}' width=480></p>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>DreamFusion lab report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}img{image-rendering:pixelated}</style>",
+        "<h1>DreamFusion lab report</h1>",
+        "<h2>R-precision</h2>",
+        md_table(out_dir / "table.md"),
+        "<h2>Variants</h2>",
+        md_table(out_dir / "comparison.md"),
+        f"<p><img src='{rel(out_dir / 'rprecision_vs_scale.png')}' width=480></p>",
+    ]
     if gallery:
         parts.append(f"<h2>Gallery</h2><p><img src='{rel(out_dir / 'gallery.png')}'></p>")
     parts.append("<h2>Turntables</h2>")
     for variant, files in media.items():
         gifs = [p for p in files if p.name == "turntable.gif" and p.exists()]
         if gifs:
-            parts.append(f"<h3>{html.escape(variant)}</h3><p>" + "".join(
-                f"<img src='{rel(p)}' title='{html.escape(p.parent.parent.name)}'> " for p in gifs) + "</p>")
+            parts.append(
+                f"<h3>{html.escape(variant)}</h3><p>"
+                + "".join(f"<img src='{rel(p)}' title='{html.escape(p.parent.parent.name)}'> " for p in gifs)
+                + "</p>"
+            )
     atomic_write_text(out_dir / "index.html", "\n".join(parts) + "\n")
 
 

@@ -24,7 +24,13 @@ from pipeline.sds import TimestepSchedule, sds
 
 
 def optimise_image(
-    guidance: Guidance, cfg: Config, prompt: str, steps: int, resolution: int, lr: float = 0.05, seed: int = 0,
+    guidance: Guidance,
+    cfg: Config,
+    prompt: str,
+    steps: int,
+    resolution: int,
+    lr: float = 0.05,
+    seed: int = 0,
     snapshots: int = 0,
 ) -> tuple[Tensor, list[Tensor]]:
     """Run 2D SDS for `steps`; return the final image [3, H, W] in [0, 1] and optional snapshots."""

@@ -77,9 +77,16 @@ def parent_run(client, cfg: Config, variant: str) -> str:
     run = _find(client, exp_id, kind=PARENT, variant=variant)
     if run:
         return run.info.run_id
-    run = client.create_run(exp_id, run_name=variant, tags={"kind": PARENT, "variant": variant,
-                                                            "params_hash": cfg.digest(),
-                                                            "cfg_convention": cfg.guidance.convention})
+    run = client.create_run(
+        exp_id,
+        run_name=variant,
+        tags={
+            "kind": PARENT,
+            "variant": variant,
+            "params_hash": cfg.digest(),
+            "cfg_convention": cfg.guidance.convention,
+        },
+    )
     from mlflow.entities import Param
 
     params = [Param(k, v) for k, v in _flatten(cfg.to_dict()).items()]
@@ -98,8 +105,9 @@ def child_run(client, cfg: Config, variant: str, prompt_id: str, seed: int, crea
 
 
 @contextmanager
-def tracked_training(cfg: Config, prompt_id: str, text: str, seed: int, out: Path
-                     ) -> Iterator[Callable[[int, dict[str, float]], None] | None]:
+def tracked_training(
+    cfg: Config, prompt_id: str, text: str, seed: int, out: Path
+) -> Iterator[Callable[[int, dict[str, float]], None] | None]:
     """Context for one training job: yields a per-step hook (or None when tracking is off); on exit logs the
     buffered step metrics, final metrics and artifacts to the (prompt, seed) child run."""
     if not cfg.tracking.enabled:
@@ -117,10 +125,21 @@ def tracked_training(cfg: Config, prompt_id: str, text: str, seed: int, out: Pat
         old = child_run(client, cfg, variant, prompt_id, seed, create=False)
         if old:  # a re-run replaces the earlier record of this object
             client.delete_run(old)
-        run = client.create_run(exp_id, run_name=f"{prompt_id}/seed{seed}", tags={
-            "mlflow.parentRunId": parent, "kind": CHILD, "variant": variant, "prompt_id": prompt_id,
-            "seed": str(seed), "prompt": text, "git_sha": git_sha(), "params_hash": cfg.digest(),
-            "cfg_convention": cfg.guidance.convention})
+        run = client.create_run(
+            exp_id,
+            run_name=f"{prompt_id}/seed{seed}",
+            tags={
+                "mlflow.parentRunId": parent,
+                "kind": CHILD,
+                "variant": variant,
+                "prompt_id": prompt_id,
+                "seed": str(seed),
+                "prompt": text,
+                "git_sha": git_sha(),
+                "params_hash": cfg.digest(),
+                "cfg_convention": cfg.guidance.convention,
+            },
+        )
         run_id = run.info.run_id
         params = [Param(k, v) for k, v in _flatten(cfg.to_dict()).items()]
         for i in range(0, len(params), 100):
@@ -187,10 +206,16 @@ def log_evaluation(cfg: Config, variant: str, result: dict[str, Any]) -> None:
     ts = int(time.time() * 1000)
     with _locked(uri):
         parent = parent_run(client, cfg, variant)
-        summary = [Metric(f"rprecision.{_short(clip)}.{mode}", float(v["r_precision"]), ts, 0)
-                   for clip, modes in result["models"].items() for mode, v in modes.items()]
-        summary += [Metric(f"rprecision_stderr.{_short(clip)}.{mode}", float(v["stderr"]), ts, 0)
-                    for clip, modes in result["models"].items() for mode, v in modes.items()]
+        summary = [
+            Metric(f"rprecision.{_short(clip)}.{mode}", float(v["r_precision"]), ts, 0)
+            for clip, modes in result["models"].items()
+            for mode, v in modes.items()
+        ]
+        summary += [
+            Metric(f"rprecision_stderr.{_short(clip)}.{mode}", float(v["stderr"]), ts, 0)
+            for clip, modes in result["models"].items()
+            for mode, v in modes.items()
+        ]
         client.log_batch(parent, metrics=summary)
         for o in result["objects"]:
             run_id = child_run(client, cfg, variant, o["prompt_id"], o["seed"], create=False)

@@ -57,12 +57,40 @@ class Model(nn.Module):
         self.background = Background(cfg.render)
 
 
+_GPU_LOCK = None
+
+
+def claim_gpu_slot(n_devices: int, lock_dir: str | Path | None = None) -> int:
+    """Pin this process to the first GPU no other local job holds (an exclusive lock file per GPU, released when the
+    process exits), so parallel local jobs spread over the cards. Raises if all are held."""
+    import fcntl
+    import tempfile
+
+    global _GPU_LOCK
+    lock_dir = Path(lock_dir or os.environ.get("DREAMFUSION_GPU_LOCKS", tempfile.gettempdir()))
+    for i in range(n_devices):
+        fh = open(lock_dir / f"dreamfusion-gpu{i}.lock", "w")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        _GPU_LOCK = fh
+        return i
+    raise RuntimeError(f"all {n_devices} GPUs are held by other jobs; lower the `gpu` resource (profiles/default)")
+
+
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    """auto = CUDA when visible. With several visible GPUs and no scheduler pinning (CUDA_VISIBLE_DEVICES unset),
+    a free one is claimed by lock file."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return torch.device(name)
+    n = torch.cuda.device_count()
+    if n > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        return torch.device(f"cuda:{claim_gpu_slot(n)}")
+    return torch.device("cuda")
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -82,8 +110,9 @@ def learning_rate(cfg: Config, step: int) -> float:
 
 def git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -177,8 +206,15 @@ def preview(model: Model, cfg: Config, device: torch.device) -> Tensor:
     """Four lit views at the evaluation elevation [4, 3, H, W]."""
     cams = orbit_cameras(cfg.camera, [0.0, 90.0, 180.0, 270.0]).to(device)
     with torch.no_grad():
-        return render(model.field, cams, cfg.render.resolution, cfg.render.samples, Shading.lit(4, cfg.shading),
-                      model.background, normal_eps=cfg.render.normal_eps).rgb.cpu()
+        return render(
+            model.field,
+            cams,
+            cfg.render.resolution,
+            cfg.render.samples,
+            Shading.lit(4, cfg.shading),
+            model.background,
+            normal_eps=cfg.render.normal_eps,
+        ).rgb.cpu()
 
 
 def train(
@@ -196,14 +232,28 @@ def train(
     `stop_after` ends the process-equivalent early (after that many steps, with a checkpoint) for tests of resume.
     """
     out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"{out}: output folder is not writable ({exc.strerror}); fix its permissions or choose "
+                      "another results folder") from None
     device = pick_device(cfg.train.device)
     torch.manual_seed(seed)
     ident = identity(cfg, prompt_id, text, seed)
     ckpt_dir = out / "checkpoint"
     guidance = guidance or build_guidance(cfg, device)
     model = Model(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.99), eps=1e-15,
-                           weight_decay=cfg.train.weight_decay, foreach=False)
+    opt = torch.optim.Adam(
+        model.parameters(),
+        lr=cfg.train.lr,
+        betas=(0.9, 0.99),
+        eps=1e-15,
+        weight_decay=cfg.train.weight_decay,
+        foreach=False,
+    )
     start = load_checkpoint(ckpt_dir, model, opt, ident)
     schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)
     uncond = guidance.embed([""] * cfg.train.batch_views)
@@ -216,8 +266,14 @@ def train(
         _truncate_log(log_path, start)
     timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0, "optimiser": 0.0}
     t_start = time.perf_counter()
-    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=prompt_id, leave=False,
-               disable=os.environ.get("TQDM_DISABLE") == "1")
+    bar = tqdm(
+        range(start, cfg.train.steps),
+        initial=start,
+        total=cfg.train.steps,
+        desc=prompt_id,
+        leave=False,
+        disable=os.environ.get("TQDM_DISABLE") == "1",
+    )
     last: dict[str, float] = {}
     with open(log_path, "a", encoding="utf-8") as log:
         for step in bar:
@@ -228,9 +284,18 @@ def train(
             cams = sample_cameras(cfg.camera, cfg.train.batch_views, g).to(device)
             shading = sample_shading(cfg.shading, step, cfg.train.batch_views, g)
             orient_w = scheduled(cfg.train.orientation_weight, step)
-            res = render(model.field, cams, cfg.render.resolution, cfg.render.samples, shading, model.background,
-                         normal_eps=cfg.render.normal_eps, generator=g, training=True,
-                         need_normals=shading.needs_normals or orient_w > 0)
+            res = render(
+                model.field,
+                cams,
+                cfg.render.resolution,
+                cfg.render.samples,
+                shading,
+                model.background,
+                normal_eps=cfg.render.normal_eps,
+                generator=g,
+                training=True,
+                need_normals=shading.needs_normals or orient_w > 0,
+            )
             t1 = time.perf_counter()
             texts = [
                 with_suffix(text, e, a) if cfg.guidance.view_suffix else text
@@ -255,10 +320,14 @@ def train(
             for k, dt in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 timings[k] += dt
             last = {
-                "step": step, "loss": float(loss.detach()), "sds": float(s.loss.detach()),
+                "step": step,
+                "loss": float(loss.detach()),
+                "sds": float(s.loss.detach()),
                 "orientation": float(res.orientation.detach()),
-                "opacity": float(res.opacity.detach().mean()), "t_mean": float(s.t.float().mean()),
-                "score_norm": float(s.score_norm.mean()), "lr": learning_rate(cfg, step),
+                "opacity": float(res.opacity.detach().mean()),
+                "t_mean": float(s.t.float().mean()),
+                "score_norm": float(s.score_norm.mean()),
+                "lr": learning_rate(cfg, step),
             }
             log.write(json.dumps(last) + "\n")
             bar.set_postfix(loss=f"{last['loss']:.3g}", t=int(last["t_mean"]))
@@ -269,8 +338,10 @@ def train(
                 from torchvision.utils import save_image
 
                 img = preview(model, cfg, device)
-                atomic_write(out / "previews" / f"step{done:06d}.png",
-                             lambda p, img=img: save_image(img, str(p), nrow=4, format="png"))
+                atomic_write(
+                    out / "previews" / f"step{done:06d}.png",
+                    lambda p, img=img: save_image(img, str(p), nrow=4, format="png"),
+                )
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
                 log.flush()
                 save_checkpoint(ckpt_dir, model, opt, done, ident)
@@ -331,8 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.tracking import tracked_training
 
     with tracked_training(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, Path(args.out)) as hook:
-        metrics = train(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, args.out, guidance,
-                        on_step=hook)
+        metrics = train(
+            cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, args.out, guidance, on_step=hook
+        )
     print(json.dumps({k: metrics[k] for k in ("prompt", "final_loss", "wall_seconds", "steps_per_second")}))
 
 

@@ -41,8 +41,15 @@ def render_views(model: Model, cfg: Config, cams: Cameras, resolution: int, samp
     kw = {"normal_eps": cfg.render.normal_eps}
     with torch.no_grad():
         colour = render(model.field, cams, resolution, samples, Shading.lit(n, cfg.shading), model.background, **kw)
-        plain = render(model.field, cams, resolution, samples, Shading.lit(n, cfg.shading, textureless=True),
-                       model.background, **kw)
+        plain = render(
+            model.field,
+            cams,
+            resolution,
+            samples,
+            Shading.lit(n, cfg.shading, textureless=True),
+            model.background,
+            **kw,
+        )
     white = torch.ones_like(colour.rgb)
     normal = colour.normal * 0.5 + 0.5 * colour.opacity + (1 - colour.opacity) * white
     d = colour.depth
@@ -50,8 +57,11 @@ def render_views(model: Model, cfg: Config, cams: Cameras, resolution: int, samp
     near, far = dist - 2 * cfg.nerf.bound, dist + 2 * cfg.nerf.bound
     depth_img = torch.where(colour.opacity > 0.5, 1 - (d - near) / (far - near), torch.zeros_like(d))
     return {
-        "color": colour.rgb.cpu(), "textureless": plain.rgb.cpu(), "normal": normal.clamp(0, 1).cpu(),
-        "depth": depth_img.clamp(0, 1).expand(-1, 3, -1, -1).cpu(), "opacity": colour.opacity.cpu(),
+        "color": colour.rgb.cpu(),
+        "textureless": plain.rgb.cpu(),
+        "normal": normal.clamp(0, 1).cpu(),
+        "depth": depth_img.clamp(0, 1).expand(-1, 3, -1, -1).cpu(),
+        "opacity": colour.opacity.cpu(),
         "depth_raw": d.cpu(),
     }
 
@@ -89,8 +99,9 @@ def _png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda p: iio.imwrite(p, array, extension=".png"))
 
 
-def run(model_path: str | Path, mesh_path: str | Path | None, out_dir: str | Path,
-        device: torch.device | None = None) -> dict[str, Any]:
+def run(
+    model_path: str | Path, mesh_path: str | Path | None, out_dir: str | Path, device: torch.device | None = None
+) -> dict[str, Any]:
     import imageio.v2 as imageio
 
     out_dir = Path(out_dir)
@@ -101,28 +112,42 @@ def run(model_path: str | Path, mesh_path: str | Path | None, out_dir: str | Pat
     cams = orbit_cameras(cfg.camera, azimuths).to(device)
     views = render_views(model, cfg, cams, v.resolution, v.samples)
     arrays = {k: t.numpy() for k, t in views.items()}
-    atomic_write(out_dir / "views.npz", lambda p: np.savez_compressed(p.open("wb"), **arrays,
-                                                                       azimuths=np.array(azimuths)))
+    atomic_write(
+        out_dir / "views.npz", lambda p: np.savez_compressed(p.open("wb"), **arrays, azimuths=np.array(azimuths))
+    )
     for mode in MODES:
         for i, az in enumerate(azimuths):
             img = (views[mode][i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             _png(out_dir / "views" / f"{mode}_{int(round(az)):03d}.png", img)
     _png(out_dir / "sheet.png", _grid([views[m] for m in MODES], nrow=len(azimuths)))
 
-    info: dict[str, Any] = {"prompt": ident["prompt"], "elevation": cfg.camera.eval_elevation, "azimuths": azimuths,
-                            "resolution": v.resolution, "modes": list(MODES)}
+    info: dict[str, Any] = {
+        "prompt": ident["prompt"],
+        "elevation": cfg.camera.eval_elevation,
+        "azimuths": azimuths,
+        "resolution": v.resolution,
+        "modes": list(MODES),
+    }
     if mesh_path is not None:
         masks = mesh_silhouettes(Path(mesh_path), cams.to(torch.device("cpu")), v.resolution)
         field_masks = views["opacity"][:, 0].numpy() > 0.5
         info["mesh_silhouette_iou"] = (
-            None if masks is None else float(np.mean([silhouette_iou(a, b) for a, b in zip(masks, field_masks,
-                                                                                           strict=True)]))
+            None
+            if masks is None
+            else float(np.mean([silhouette_iou(a, b) for a, b in zip(masks, field_masks, strict=True)]))
         )
 
     turn = orbit_cameras(cfg.camera, eval_azimuths(v.turntable_frames)).to(device)
     with torch.no_grad():
-        frames = render(model.field, turn, v.resolution, v.samples, Shading.lit(len(turn), cfg.shading),
-                        model.background, normal_eps=cfg.render.normal_eps).rgb.cpu()
+        frames = render(
+            model.field,
+            turn,
+            v.resolution,
+            v.samples,
+            Shading.lit(len(turn), cfg.shading),
+            model.background,
+            normal_eps=cfg.render.normal_eps,
+        ).rgb.cpu()
     frames_u8 = [(f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for f in frames]
     frames_u8 = [np.kron(f, np.ones((4, 4, 1), dtype=np.uint8)) for f in frames_u8]  # 4× upscale for viewing
     with atomic_path(out_dir / "turntable.mp4") as tmp:

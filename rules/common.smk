@@ -1,4 +1,5 @@
 # Shared state for every rule: the validated config, the variant grid and the prompt set.
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -51,3 +52,8 @@ def train_gpus(wildcards):
 
 def objects(variant, name):
     return expand(f"{RESULTS}/{variant}/{{pid}}/seed{{seed}}/{name}", pid=PROMPT_IDS, seed=SEEDS)
+
+
+def clip_files(variant):
+    """Local CLIP checkpoints a variant is evaluated with (a change re-runs its evaluation)."""
+    return [m for m in VARIANTS[variant].evaluate.clip_models if os.path.splitext(m)[1] in (".pt", ".pth")]

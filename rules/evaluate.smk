@@ -4,6 +4,7 @@ rule evaluate:
         config=f"{RESULTS}/{{variant}}/config.yaml",
         prompts=f"{RESULTS}/prompts.json",
         views=lambda w: objects(w.variant, "views.npz"),
+        clip=lambda w: clip_files(w.variant),
     output:
         json=f"{RESULTS}/{{variant}}/rprecision.json",
         csv=f"{RESULTS}/{{variant}}/rprecision.csv",
@@ -21,6 +22,7 @@ rule ground_truth:
     input:
         config=f"{RESULTS}/{next(iter(VARIANTS))}/config.yaml",
         prompts=f"{RESULTS}/prompts.json",
+        clip=clip_files(next(iter(VARIANTS))),
     output:
         f"{RESULTS}/ground_truth.json",
     log:
@@ -45,7 +47,7 @@ rule report:
         plot=f"{REPORT}/rprecision.csv",
         html=f"{REPORT}/index.html",
     params:
-        out=REPORT,
+        out=lambda w, output: os.path.dirname(output[0]),
         gt=lambda w, input: f"--ground-truth {input.gt}" if input.gt else "",
         bootstrap=CFG.evaluate.bootstrap,
     log:

@@ -34,7 +34,7 @@ rule train:
         model=f"{OBJ}/model.safetensors",
         metrics=f"{OBJ}/metrics.json",
     params:
-        out=OBJ,
+        out=lambda w, output: os.path.dirname(output[0]),
         bank=lambda w, input: f"--world-bank {input.bank}" if input.bank else "",
     log:
         f"{RESULTS}/logs/train/{{variant}}/{{pid}}-seed{{seed}}.log",

@@ -7,7 +7,7 @@ rule mesh:
         glb=f"{OBJ}/mesh.glb",
         stats=f"{OBJ}/mesh.json",
     params:
-        out=OBJ,
+        out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{RESULTS}/logs/mesh/{{variant}}/{{pid}}-seed{{seed}}.log",
     conda:
@@ -28,7 +28,7 @@ rule views:
         mp4=f"{OBJ}/turntable.mp4",
         gif=f"{OBJ}/turntable.gif",
     params:
-        out=OBJ,
+        out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{RESULTS}/logs/views/{{variant}}/{{pid}}-seed{{seed}}.log",
     conda:

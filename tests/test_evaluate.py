@@ -107,13 +107,30 @@ def _synthetic_eval(scale, scores):
     objects = []
     for i, s in enumerate(scores):
         for mode in ("color", "geo"):
-            objects.append({"prompt_id": f"p{i}", "seed": 0, "text": f"t{i}", "clip": "m.pt", "mode": mode,
-                            "score": s, "mean_rank": 0.0, "top5": ["t0"], **({"shape_score": s} if mode == "geo"
-                                                                            else {})})
-    summary = {m: {"r_precision": float(np.mean(scores)), "stderr": 0.1, "n": len(scores)}
-               for m in ("color", "geo", "geo_shape")}
-    return {"retrieval_set_size": 36, "models": {"m.pt": summary}, "objects": objects, "guidance_scale": scale,
-            "schedule": "uniform"}
+            objects.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "seed": 0,
+                    "text": f"t{i}",
+                    "clip": "m.pt",
+                    "mode": mode,
+                    "score": s,
+                    "mean_rank": 0.0,
+                    "top5": ["t0"],
+                    **({"shape_score": s} if mode == "geo" else {}),
+                }
+            )
+    summary = {
+        m: {"r_precision": float(np.mean(scores)), "stderr": 0.1, "n": len(scores)}
+        for m in ("color", "geo", "geo_shape")
+    }
+    return {
+        "retrieval_set_size": 36,
+        "models": {"m.pt": summary},
+        "objects": objects,
+        "guidance_scale": scale,
+        "schedule": "uniform",
+    }
 
 
 def test_report_from_synthetic_results(tmp_path):
@@ -127,8 +144,13 @@ def test_report_from_synthetic_results(tmp_path):
     iio.imwrite(media_dir / "turntable.gif", np.zeros((2, 8, 8, 3), np.uint8), extension=".gif")
     evals = {"v10": _synthetic_eval(10.0, [1, 1, 0, 1]), "v30": _synthetic_eval(30.0, [1, 0, 0, 1])}
     gt = {"models": {"m.pt": {m: {"r_precision": 0.97} for m in ("color", "geo", "geo_shape")}}}
-    metrics = build(evals, tmp_path / "report", gt, bootstrap=200,
-                    media={"v10": [media_dir / "sheet.png", media_dir / "turntable.gif"]})
+    metrics = build(
+        evals,
+        tmp_path / "report",
+        gt,
+        bootstrap=200,
+        media={"v10": [media_dir / "sheet.png", media_dir / "turntable.gif"]},
+    )
     assert metrics["v10"]["m"]["color"] == 0.75 and metrics["v30"]["m"]["color"] == 0.5
     table = (tmp_path / "report/table.md").read_text()
     assert "GT renders (ceiling)" in table and "DreamFusion (paper)" in table and "75.0 ± 10.0" in table
@@ -139,3 +161,21 @@ def test_report_from_synthetic_results(tmp_path):
         assert (tmp_path / "report" / ref).resolve().exists(), ref
     assert json.loads((tmp_path / "report/metrics.json").read_text()) == metrics
     assert (tmp_path / "report/rprecision.csv").read_text().startswith("variant,guidance_scale")
+
+
+def test_bundled_evaluator_loads_and_checksum_is_verified(tmp_path):
+    import shutil
+
+    from tests.conftest import ROOT
+
+    src = ROOT / "models/world-clip/world-clip.pt"
+    s = ClipScorer(str(src), torch.device("cpu"))
+    assert s.resolution == 32
+    bad = tmp_path / "world-clip.pt"
+    shutil.copy(src, bad)
+    shutil.copy(src.with_suffix(".train.json"), tmp_path / "world-clip.train.json")
+    data = bytearray(bad.read_bytes())
+    data[-100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(EvaluationError, match="does not match"):
+        ClipScorer(str(bad), torch.device("cpu"))

@@ -19,8 +19,9 @@ def tiny_dirs(tmp_path_factory):
 def test_tiny_sd_and_if_load_through_the_factory(tiny_dirs):
     sd_dir, if_dir = tiny_dirs
     cpu = torch.device("cpu")
-    sd = build_guidance(from_dict({"guidance": {"name": "stable-diffusion", "model": str(sd_dir),
-                                                "latent_resolution": 16}}), cpu)
+    sd = build_guidance(
+        from_dict({"guidance": {"name": "stable-diffusion", "model": str(sd_dir), "latent_resolution": 16}}), cpu
+    )
     assert sd.kind == "latent" and sd.num_timesteps == 1000 and sd.unet.dtype == torch.float32
     x = sd.encode(torch.rand(2, 3, 32, 32))
     assert x.shape == (2, 4, 8, 8)
@@ -36,8 +37,10 @@ def test_tiny_sd_and_if_load_through_the_factory(tiny_dirs):
 
 
 def test_text_embeddings_are_cached(tiny_dirs):
-    sd = build_guidance(from_dict({"guidance": {"name": "stable-diffusion", "model": str(tiny_dirs[0]),
-                                                "latent_resolution": 16}}), torch.device("cpu"))
+    sd = build_guidance(
+        from_dict({"guidance": {"name": "stable-diffusion", "model": str(tiny_dirs[0]), "latent_resolution": 16}}),
+        torch.device("cpu"),
+    )
     a = sd.embed(["a red cube, front view"])
     assert list(sd._text_cache) == ["a red cube, front view"]
     assert torch.equal(sd.embed(["a red cube, front view"]), a)
@@ -48,8 +51,13 @@ def test_loads_offline_in_a_fresh_process(tiny_dirs):
         "import torch; from pipeline.guidance.stable_diffusion import StableDiffusionGuidance as G; "
         f"g = G({str(tiny_dirs[0])!r}, torch.device('cpu'), torch.float32, 16); print(g.num_timesteps)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
     assert out.stdout.strip() == "1000"
 
 

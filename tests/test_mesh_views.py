@@ -54,10 +54,14 @@ def test_mesh_silhouette_matches_analytic_disc(tmp_path):
     assert silhouette_iou(masks[0], masks[1]) > 0.95
 
 
-TINY = {"render": {"resolution": 16, "samples": 16}, "world": {"resolution": 16},
-        "nerf": {"resolution": 16, "blob_density": 12.0, "blob_radius": 0.3},
-        "mesh": {"resolution": 32}, "views": {"azimuths": 4, "resolution": 16, "turntable_frames": 3, "samples": 32},
-        "tracking": {"enabled": False}}
+TINY = {
+    "render": {"resolution": 16, "samples": 16},
+    "world": {"resolution": 16},
+    "nerf": {"resolution": 16, "blob_density": 12.0, "blob_radius": 0.3},
+    "mesh": {"resolution": 32},
+    "views": {"azimuths": 4, "resolution": 16, "turntable_frames": 3, "samples": 32},
+    "tracking": {"enabled": False},
+}
 
 
 def _saved_model(tmp_path, grid_value=None):

@@ -18,7 +18,9 @@ class Ball(Field):
         self.colour = torch.tensor(colour)
 
     def density_albedo(self, pts):
-        return self.s * torch.sigmoid((self.r - pts.norm(dim=-1)) / self.softness), self.colour.expand(*pts.shape[:-1], 3)
+        return self.s * torch.sigmoid((self.r - pts.norm(dim=-1)) / self.softness), self.colour.expand(
+            *pts.shape[:-1], 3
+        )
 
 
 def test_view_suffix_rules():
@@ -52,8 +54,9 @@ def test_orbit_cameras_are_where_the_config_says():
     cfg = CameraConfig(distance=[2.0, 2.0])
     c = orbit_cameras(cfg, [0.0, 90.0])
     torch.testing.assert_close(c.position[0], torch.tensor([2 * math.cos(math.radians(30)), 0.0, 1.0]))
-    torch.testing.assert_close(c.position[1], torch.tensor([0.0, 2 * math.cos(math.radians(30)), 1.0]), atol=1e-6,
-                               rtol=0)
+    torch.testing.assert_close(
+        c.position[1], torch.tensor([0.0, 2 * math.cos(math.radians(30)), 1.0]), atol=1e-6, rtol=0
+    )
     o, d = rays(c, 9)
     centre = d[:, 4, 4]
     torch.testing.assert_close(centre, -torch.nn.functional.normalize(c.position, dim=-1), atol=1e-6, rtol=0)

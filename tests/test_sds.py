@@ -114,8 +114,9 @@ def test_optimising_with_sds_converges_to_the_cfg_fixed_point(gauss, convention,
 def test_score_clipping_bounds_the_score(gauss):
     cfg = GuidanceConfig(scale=50.0, weighting="uniform", score_clip=[0, 0.1, 1.0, 100])
     x = torch.rand(1, 3, 4, 4, requires_grad=True)
-    out = sds_from_x(gauss, x, gauss.embed(["1"]), gauss.embed(["0"]), torch.tensor([500]), torch.randn(1, 3, 4, 4),
-                     cfg, step=50)
+    out = sds_from_x(
+        gauss, x, gauss.embed(["1"]), gauss.embed(["0"]), torch.tensor([500]), torch.randn(1, 3, 4, 4), cfg, step=50
+    )
     assert out.grad.abs().max() <= 0.55 + 1e-6 and out.score_norm.item() > 0.55
 
 
@@ -126,8 +127,15 @@ def test_gradient_reaches_render_not_denoiser(tmp_path):
     g = StableDiffusionGuidance(str(save_tiny_sd(tmp_path / "sd")), torch.device("cpu"), torch.float32, 16)
     params = torch.rand(1, 3, 8, 8, requires_grad=True)
     render = torch.nn.functional.interpolate(params, (16, 16), mode="bilinear")
-    out = sds(g, render, g.embed(["a red cube"]), g.embed([""]), torch.tensor([500]), GuidanceConfig(scale=7.0),
-              generator=torch.Generator().manual_seed(0))
+    out = sds(
+        g,
+        render,
+        g.embed(["a red cube"]),
+        g.embed([""]),
+        torch.tensor([500]),
+        GuidanceConfig(scale=7.0),
+        generator=torch.Generator().manual_seed(0),
+    )
     out.loss.backward()
     assert params.grad is not None and params.grad.abs().sum() > 0
     for module in (g.unet, g.vae, g.text_encoder):
@@ -178,8 +186,11 @@ def test_dreamtime_follows_the_prior():
     assert (ts[:-1] >= ts[1:]).all() and ts.min() >= 20 and ts.max() <= 980
     # reference: the tail-sum rule computed independently in float64
     t = torch.arange(1000, dtype=torch.float64)
-    wp = torch.where(t > 800, torch.exp(-((t - 800) ** 2) / (2 * 300**2)),
-                     torch.where(t < 500, torch.exp(-((t - 500) ** 2) / (2 * 100**2)), torch.ones_like(t)))
+    wp = torch.where(
+        t > 800,
+        torch.exp(-((t - 800) ** 2) / (2 * 300**2)),
+        torch.where(t < 500, torch.exp(-((t - 500) ** 2) / (2 * 100**2)), torch.ones_like(t)),
+    )
     ab = ALPHAS.double()
     p = wp * (1 - ab)
     p[:20] = 0

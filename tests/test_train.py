@@ -34,8 +34,11 @@ def test_learning_rate_warmup_and_cosine():
 def test_end_to_end_outputs(tmp_path, prior):
     cfg = from_dict(TINY)
     m = train(cfg, "a-red-cube", "a red cube.", 0, tmp_path, prior)
-    assert m["steps"] == 8 and m["resumed_from"] == 0 and set(m["seconds_per_step"]) == {
-        "render", "guidance", "backward", "optimiser"}
+    assert (
+        m["steps"] == 8
+        and m["resumed_from"] == 0
+        and set(m["seconds_per_step"]) == {"render", "guidance", "backward", "optimiser"}
+    )
     assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "checkpoint").exists()
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(8))
@@ -95,7 +98,12 @@ def test_tiny_random_stable_diffusion_trains(tmp_path):
     from tests.tiny_models import save_tiny_sd
 
     sd = save_tiny_sd(tmp_path / "sd")
-    cfg = from_dict({**TINY, "guidance": {"name": "stable-diffusion", "model": str(sd), "latent_resolution": 16,
-                                          "scale": 100.0}, "train": {**TINY["train"], "steps": 3}})
+    cfg = from_dict(
+        {
+            **TINY,
+            "guidance": {"name": "stable-diffusion", "model": str(sd), "latent_resolution": 16, "scale": 100.0},
+            "train": {**TINY["train"], "steps": 3},
+        }
+    )
     m = train(cfg, "p", "a squirrel.", 0, tmp_path / "out", None)
     assert m["steps"] == 3 and (tmp_path / "out/model.safetensors").exists()

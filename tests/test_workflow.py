@@ -80,8 +80,15 @@ def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     merged["tracking"] = {"enabled": False}
     (wd / "params.yaml").write_text(yaml.safe_dump(merged))
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "dvc.yaml"), wd / "dvc.yaml")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(wd), "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(wd),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
 
     def sh(*cmd, cwd=wd):
         p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -99,12 +106,14 @@ def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     sh("git", "commit", "-qm", "baseline")
     sh("dvc", "exp", "run", "-S", "guidance.scale=30", "-n", "w30")
     shown = sh("dvc", "exp", "show", "--md")
-    assert "w30" in shown and "metrics.json" in shown or "world-w30-uniform" in shown
+    assert ("w30" in shown and "metrics.json" in shown) or "world-w30-uniform" in shown
     sh("dvc", "metrics", "show")
     sh("dvc", "push")
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(wd), str(clone), cwd=tmp_path)
     sh("dvc", "remote", "add", "-f", "-d", "local", str(tmp_path / "remote"), cwd=clone)
     sh("dvc", "pull", cwd=clone)
-    assert (clone / "reports/primitives/metrics.json").read_text() == (wd / "reports/primitives/metrics.json").read_text()
+    assert (clone / "reports/primitives/metrics.json").read_text() == (
+        wd / "reports/primitives/metrics.json"
+    ).read_text()
     assert list((clone / "results/primitives").glob("*/*/seed0/model.safetensors"))

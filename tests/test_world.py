@@ -37,8 +37,9 @@ def test_colourise_equals_a_direct_render():
     cams = sample_cameras(cfg.camera, 2, g2)
     red = COLOURS["red"]
     for mode, shading in [("lit", Shading.lit(2, cfg.shading)), ("albedo", Shading.albedo(2))]:
-        direct = render(PrimitiveField("cube", red), cams, 16, 24, shading, Background(cfg.render),
-                        normal_eps=cfg.render.normal_eps).rgb
+        direct = render(
+            PrimitiveField("cube", red), cams, 16, 24, shading, Background(cfg.render), normal_eps=cfg.render.normal_eps
+        ).rgb
         torch.testing.assert_close(colourise(r, red, mode, cfg.render.background_color), direct, atol=1e-5, rtol=0)
     views = [view_suffix(e, a) for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(), strict=True)]
     assert len(views) == 2
@@ -70,6 +71,5 @@ def test_closed_form_prior_is_the_exact_posterior():
     expected = (torch.softmax(logw.double(), 0).float()[:, None] * xs).sum(0)
     torch.testing.assert_close(prior.posterior_mean(z, t, emb).flatten(), expected, atol=1e-4, rtol=0)
     ec, eu = prior.predict_noise(z, t, emb, prior.embed([""]))
-    torch.testing.assert_close(ec.flatten(), (z.flatten() - ab.sqrt() * expected) / (1 - ab).sqrt(), atol=1e-3,
-                               rtol=0)
+    torch.testing.assert_close(ec.flatten(), (z.flatten() - ab.sqrt() * expected) / (1 - ab).sqrt(), atol=1e-3, rtol=0)
     assert not torch.allclose(ec, eu)

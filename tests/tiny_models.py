@@ -13,9 +13,15 @@ from pipeline.guidance.tokenizer import clip_tokenizer
 
 def _unet(in_ch: int, out_ch: int, size: int, cross: int) -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=size, in_channels=in_ch, out_channels=out_ch, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross, attention_head_dim=8,
+        sample_size=size,
+        in_channels=in_ch,
+        out_channels=out_ch,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross,
+        attention_head_dim=8,
     )
 
 
@@ -31,23 +37,37 @@ def save_tiny_sd(root: Path, seed: int = 0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     _unet(4, 4, 8, 32).save_pretrained(root / "unet")
     AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=16,
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        sample_size=16,
     ).save_pretrained(root / "vae")
     CLIPTextModel(
-        CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                       vocab_size=49408, max_position_embeddings=77)
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+        )
     ).save_pretrained(root / "text_encoder")
     clip_tokenizer(root / "tokenizer_src").save_pretrained(root / "tokenizer")
-    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
-        root / "scheduler"
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(root / "scheduler")
+    _write_index(
+        root,
+        "StableDiffusionPipeline",
+        {
+            "unet": ("diffusers", "UNet2DConditionModel"),
+            "vae": ("diffusers", "AutoencoderKL"),
+            "text_encoder": ("transformers", "CLIPTextModel"),
+            "tokenizer": ("transformers", "CLIPTokenizer"),
+            "scheduler": ("diffusers", "DDPMScheduler"),
+        },
     )
-    _write_index(root, "StableDiffusionPipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
-        "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer"),
-        "scheduler": ("diffusers", "DDPMScheduler"),
-    })
     return root
 
 
@@ -56,17 +76,21 @@ def save_tiny_if(root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     root.mkdir(parents=True, exist_ok=True)
     _unet(3, 6, 16, 32).save_pretrained(root / "unet")
-    T5EncoderModel(
-        T5Config(vocab_size=49408, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
-    ).save_pretrained(root / "text_encoder")
-    clip_tokenizer(root / "tokenizer_src").save_pretrained(root / "tokenizer")
-    DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range").save_pretrained(
-        root / "scheduler"
+    T5EncoderModel(T5Config(vocab_size=49408, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)).save_pretrained(
+        root / "text_encoder"
     )
-    _write_index(root, "IFPipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"), "text_encoder": ("transformers", "T5EncoderModel"),
-        "tokenizer": ("transformers", "CLIPTokenizer"), "scheduler": ("diffusers", "DDPMScheduler"),
-    })
+    clip_tokenizer(root / "tokenizer_src").save_pretrained(root / "tokenizer")
+    DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range").save_pretrained(root / "scheduler")
+    _write_index(
+        root,
+        "IFPipeline",
+        {
+            "unet": ("diffusers", "UNet2DConditionModel"),
+            "text_encoder": ("transformers", "T5EncoderModel"),
+            "tokenizer": ("transformers", "CLIPTokenizer"),
+            "scheduler": ("diffusers", "DDPMScheduler"),
+        },
+    )
     return root
 
 

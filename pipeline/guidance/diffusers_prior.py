@@ -17,13 +17,33 @@ class DiffusersGuidance(Guidance):
     """Text encoder + tokenizer + UNet + scheduler (ᾱ_t) loaded from a diffusers pipeline directory."""
 
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__()
         self.root: Path = resolve_model_dir(model)
+        self._setup(
+            load_component(self.root, "tokenizer"),
+            load_component(self.root, "text_encoder", torch_dtype=dtype),
+            load_component(self.root, "unet", torch_dtype=dtype),
+            load_component(self.root, "scheduler"),
+            device,
+            dtype,
+        )
+
+    @classmethod
+    def from_modules(cls, tokenizer, text_encoder, unet, scheduler, device: torch.device, dtype: torch.dtype,
+                     **extra):
+        """Build from in-memory components (benchmarks with random weights); `extra` sets e.g. vae."""
+        self = cls.__new__(cls)
+        self.root = Path("<in memory>")
+        for k, v in extra.items():
+            setattr(self, k, v.to(device=device, dtype=dtype).eval().requires_grad_(False) if hasattr(v, "to") else v)
+        self._setup(tokenizer, text_encoder.to(dtype), unet.to(dtype), scheduler, device, dtype)
+        return self
+
+    def _setup(self, tokenizer, text_encoder, unet, scheduler, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
         self.device, self.dtype = device, dtype
-        self.tokenizer = load_component(self.root, "tokenizer")
-        self.text_encoder = load_component(self.root, "text_encoder", torch_dtype=dtype).to(device).eval()
-        self.unet = load_component(self.root, "unet", torch_dtype=dtype).to(device).eval()
-        scheduler = load_component(self.root, "scheduler")
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder.to(device).eval()
+        self.unet = unet.to(device).eval()
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         for module in (self.text_encoder, self.unet):
@@ -31,7 +51,10 @@ class DiffusersGuidance(Guidance):
 
     def _encode_text(self, texts: list[str]) -> Tensor:
         tok = self.tokenizer(
-            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
             return_tensors="pt",
         )
         kwargs = {}

@@ -50,7 +50,7 @@ def view_suffix(elevation: float, azimuth: float) -> str:
 
 
 def with_suffix(text: str, elevation: float, azimuth: float) -> str:
-    """"a red cube." → "a red cube, front view"."""
+    """ "a red cube." → "a red cube, front view"."""
     return f"{text.rstrip('.')}, {view_suffix(elevation, azimuth)}"
 
 

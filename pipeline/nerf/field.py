@@ -64,8 +64,11 @@ class GridField(Field):
         )
         axis = torch.linspace(-cfg.bound, cfg.bound, r)
         zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")  # grid_sample: D=z, H=y, W=x
-        self.register_buffer("blob_grid", blob(torch.stack([xx, yy, zz], -1), cfg.blob, cfg.blob_density,
-                                               cfg.blob_radius)[None, None], persistent=False)
+        self.register_buffer(
+            "blob_grid",
+            blob(torch.stack([xx, yy, zz], -1), cfg.blob, cfg.blob_density, cfg.blob_radius)[None, None],
+            persistent=False,
+        )
 
     def _activate(self, raw: Tensor) -> Tensor:
         if self.cfg.density_activation == "exp":

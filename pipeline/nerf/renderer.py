@@ -43,8 +43,10 @@ class Shading:
         return bool((self.diffuse > 0).any())
 
     def modes(self) -> list[str]:
-        return ["textureless" if t else ("lit" if d > 0 else "albedo")
-                for t, d in zip(self.textureless.tolist(), self.diffuse.tolist(), strict=True)]
+        return [
+            "textureless" if t else ("lit" if d > 0 else "albedo")
+            for t, d in zip(self.textureless.tolist(), self.diffuse.tolist(), strict=True)
+        ]
 
 
 def sample_shading(cfg: ShadingConfig, step: int, b: int, generator: torch.Generator | None = None) -> Shading:
@@ -166,6 +168,10 @@ def render(
     depth = torch.where(opacity > 1e-4, depth, torch.zeros_like(depth))
     chw = lambda t: t.permute(0, 3, 1, 2)  # noqa: E731
     return RenderOutput(
-        rgb=chw(rgb).clamp(0, 1), foreground=chw(foreground), opacity=opacity[:, None], depth=depth[:, None],
-        normal=chw(normal_map), orientation=orientation,
+        rgb=chw(rgb).clamp(0, 1),
+        foreground=chw(foreground),
+        opacity=opacity[:, None],
+        depth=depth[:, None],
+        normal=chw(normal_map),
+        orientation=orientation,
     )

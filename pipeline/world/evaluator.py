@@ -29,9 +29,18 @@ from pipeline.io import atomic_write
 from pipeline.nerf.cameras import orbit_cameras
 from pipeline.world.scenes import CAPTIONS, COLOURS, SHAPES, ShapeRenders, colourise, render_shape
 
-ARCH = {"embed_dim": 64, "image_resolution": 32, "vision_layers": 3, "vision_width": 64, "vision_patch_size": 4,
-        "context_length": 16, "vocab_size": 49408, "transformer_width": 64, "transformer_heads": 1,
-        "transformer_layers": 2}
+ARCH = {
+    "embed_dim": 64,
+    "image_resolution": 32,
+    "vision_layers": 3,
+    "vision_width": 64,
+    "vision_patch_size": 4,
+    "context_length": 16,
+    "vocab_size": 49408,
+    "transformer_width": 64,
+    "transformer_heads": 1,
+    "transformer_layers": 2,
+}
 """Tiny CLIP architecture (widths of 64 → 1 head each, as clip-anytorch's build_model infers)."""
 
 EVALUATOR_SEED = 1_000
@@ -69,8 +78,15 @@ def _orbit_renders(cfg: Config, shape: str, n: int, g: torch.Generator) -> Shape
     el = cfg.camera.eval_elevation + 20 * (torch.rand(1, generator=g).item() - 0.5)
     cams = orbit_cameras(cfg.camera, az, el)
     with torch.no_grad():
-        out = render(PrimitiveField(shape, bound=cfg.nerf.bound), cams, cfg.world.resolution, cfg.render.samples,
-                     Shading.lit(n, cfg.shading), Background(cfg.render), normal_eps=cfg.render.normal_eps)
+        out = render(
+            PrimitiveField(shape, bound=cfg.nerf.bound),
+            cams,
+            cfg.world.resolution,
+            cfg.render.samples,
+            Shading.lit(n, cfg.shading),
+            Background(cfg.render),
+            normal_eps=cfg.render.normal_eps,
+        )
     return ShapeRenders(out.foreground, out.opacity, cams)
 
 
@@ -118,8 +134,14 @@ def targets(caption: Tensor, shape: Tensor) -> Tensor:
     return t
 
 
-def train_evaluator(cfg: Config, steps: int = 1500, per_shape: int = 800, batch: int = 192, seed: int = EVALUATOR_SEED,
-                    log_every: int = 100) -> tuple[torch.nn.Module, dict]:
+def train_evaluator(
+    cfg: Config,
+    steps: int = 1500,
+    per_shape: int = 800,
+    batch: int = 192,
+    seed: int = EVALUATOR_SEED,
+    log_every: int = 100,
+) -> tuple[torch.nn.Module, dict]:
     clip = import_clip()
     torch.manual_seed(seed)
     t0 = time.time()
@@ -145,8 +167,14 @@ def train_evaluator(cfg: Config, steps: int = 1500, per_shape: int = 800, batch:
         sched.step()
         if log_every and step % log_every == 0:
             print(f"step {step} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
-    info = {"render_seconds": round(render_s, 1), "train_seconds": round(time.time() - t0 - render_s, 1),
-            "steps": steps, "batch": batch, "images": n, "seed": seed}
+    info = {
+        "render_seconds": round(render_s, 1),
+        "train_seconds": round(time.time() - t0 - render_s, 1),
+        "steps": steps,
+        "batch": batch,
+        "images": n,
+        "seed": seed,
+    }
     return model.eval(), info
 
 
@@ -167,8 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.params)
     model, info = train_evaluator(cfg, args.steps, args.per_shape)
     info["sha256"] = save_evaluator(model, args.out)
-    atomic_write(Path(args.out).with_suffix(".train.json"),
-                 lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    atomic_write(Path(args.out).with_suffix(".train.json"), lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     print(json.dumps(info))
 
 

@@ -39,8 +39,11 @@ def bank_settings(cfg: Config) -> dict:
         "world": cfg.to_dict()["world"],
         "camera": cfg.to_dict()["camera"],
         "shading": {"ambient": cfg.shading.ambient, "diffuse": cfg.shading.diffuse},
-        "render": {"samples": cfg.render.samples, "background_color": cfg.render.background_color,
-                   "normal_eps": cfg.render.normal_eps},
+        "render": {
+            "samples": cfg.render.samples,
+            "background_color": cfg.render.background_color,
+            "normal_eps": cfg.render.normal_eps,
+        },
         "bound": cfg.nerf.bound,
         "version": 1,
     }
@@ -90,8 +93,10 @@ def save_bank(bank: dict[str, Tensor], path: str | Path, cfg: Config) -> None:
 def load_bank(path: str | Path, cfg: Config) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise GuidanceLoadError(f"{path}: world bank not found; build it with `snakemake world_bank` or "
-                                f"`python -m pipeline.world.prior --params <params.yaml> --out {path}`")
+        raise GuidanceLoadError(
+            f"{path}: world bank not found; build it with `snakemake world_bank` or "
+            f"`python -m pipeline.world.prior --params <params.yaml> --out {path}`"
+        )
     from safetensors import safe_open
 
     try:
@@ -123,7 +128,9 @@ class ClosedFormWorldPrior(Guidance):
         self.view = bank["view"].to(device)
 
     @classmethod
-    def from_config(cls, cfg: Config, device: torch.device, bank_path: str | Path | None = None) -> ClosedFormWorldPrior:
+    def from_config(
+        cls, cfg: Config, device: torch.device, bank_path: str | Path | None = None
+    ) -> ClosedFormWorldPrior:
         bank = load_bank(bank_path, cfg) if bank_path else generate_bank(cfg)
         return cls(bank, device)
 
@@ -138,8 +145,9 @@ class ClosedFormWorldPrior(Guidance):
             try:
                 parse_caption(base)
             except ValueError:
-                raise ValueError(f"the world prior knows only the {len(CAPTIONS)} captions of prompts/primitives.txt; "
-                                 f"got {text!r}") from None
+                raise ValueError(
+                    f"the world prior knows only the {len(CAPTIONS)} captions of prompts/primitives.txt; got {text!r}"
+                ) from None
             if suffix and suffix not in VIEWS:
                 raise ValueError(f"unknown view suffix {suffix!r} in {text!r}; one of {VIEWS}")
             out.append((CAPTIONS.index(base), VIEWS.index(suffix) if suffix else -1))
@@ -147,8 +155,10 @@ class ClosedFormWorldPrior(Guidance):
 
     def encode(self, images: Tensor) -> Tensor:
         if images.shape[-1] != self.resolution:
-            raise ValueError(f"render size {images.shape[-1]} != world bank size {self.resolution}; "
-                             "set world.resolution = render.resolution")
+            raise ValueError(
+                f"render size {images.shape[-1]} != world bank size {self.resolution}; "
+                "set world.resolution = render.resolution"
+            )
         return images.float() * 2 - 1
 
     def _mask(self, emb: Tensor) -> Tensor:
@@ -159,24 +169,37 @@ class ClosedFormWorldPrior(Guidance):
         mask = by_caption & ((view < 0) | (self.view[None] == view))
         return torch.where(mask.any(1, keepdim=True), mask, by_caption)
 
-    def posterior_mean(self, z_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
-        """E[x_0 | z_t, y] [B, C, H, W] under the bank restricted to each embedding's images."""
+    def _logits(self, z_t: Tensor, t: Tensor) -> Tensor:
+        """−‖z_t − α_t x_i‖² / 2σ_t² for every bank image [B, N] (one matmul, shared by cond and uncond)."""
         b = z_t.shape[0]
         ab = self.alphas_cumprod[t].view(b, 1)
-        a, s2 = ab.sqrt(), 1 - ab
         z = z_t.reshape(b, -1)
-        dist = (z**2).sum(1, keepdim=True) - 2 * a * (z @ self.x.T) + ab * self.x_sq[None]
-        logits = (-dist / (2 * s2)).masked_fill(~self._mask(emb), float("-inf"))
-        w = torch.softmax(logits, dim=1)
-        return (w @ self.x).view_as(z_t)
+        dist = (z**2).sum(1, keepdim=True) - 2 * ab.sqrt() * (z @ self.x.T) + ab * self.x_sq[None]
+        return -dist / (2 * (1 - ab))
+
+    def _mean(self, logits: Tensor, emb: Tensor) -> Tensor:
+        """Σ_i softmax(logits)_i x_i over each row's subset [B, D]; conditional rows only touch their caption's rows."""
+        mask = self._mask(emb)
+        out = []
+        for row, m in zip(logits, mask, strict=True):
+            if bool(m.all()):
+                out.append(torch.softmax(row, 0) @ self.x)
+            else:
+                idx = m.nonzero().squeeze(1)
+                out.append(torch.softmax(row[idx], 0) @ self.x[idx])
+        return torch.stack(out)
+
+    def posterior_mean(self, z_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """E[x_0 | z_t, y] [B, C, H, W] under the bank restricted to each embedding's images."""
+        return self._mean(self._logits(z_t, t), emb).view_as(z_t)
 
     @torch.no_grad()
     def predict_noise(self, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
-        z2, t2 = torch.cat([z_t, z_t]), torch.cat([t, t]).to(self.device)
-        x0 = self.posterior_mean(z2, t2, torch.cat([cond, uncond]))
-        ab = self.alphas_cumprod[t2].view(-1, 1, 1, 1)
-        eps = (z2 - ab.sqrt() * x0) / (1 - ab).sqrt()
-        return eps.chunk(2)
+        t = t.to(self.device)
+        logits = self._logits(z_t, t)
+        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        eps = [(z_t - ab.sqrt() * self._mean(logits, e).view_as(z_t)) / (1 - ab).sqrt() for e in (cond, uncond)]
+        return eps[0], eps[1]
 
 
 def main(argv: list[str] | None = None) -> None:

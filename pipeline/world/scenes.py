@@ -43,7 +43,7 @@ CAPTIONS = [caption(c, s) for s in SHAPES for c in COLOURS]
 
 
 def parse_caption(text: str) -> tuple[str, str]:
-    """"a red cube." → ("red", "cube"); raises ValueError for anything outside the world."""
+    """ "a red cube." → ("red", "cube"); raises ValueError for anything outside the world."""
     words = text.rstrip(".").split()
     if len(words) != 3 or words[1] not in COLOURS or words[2] not in SHAPES:
         raise ValueError(f"{text!r} is not a caption of the bundled world (e.g. 'a red cube.')")
@@ -80,8 +80,14 @@ def sdf(shape: str, p: Tensor) -> Tensor:
 class PrimitiveField(Field):
     """Analytic density of one primitive with a constant albedo."""
 
-    def __init__(self, shape: str, colour: tuple[float, float, float] = (1.0, 1.0, 1.0), bound: float = 1.0,
-                 sigma_max: float = 60.0, softness: float = 0.01) -> None:
+    def __init__(
+        self,
+        shape: str,
+        colour: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        bound: float = 1.0,
+        sigma_max: float = 60.0,
+        softness: float = 0.01,
+    ) -> None:
         super().__init__()
         self.shape, self.bound, self.sigma_max, self.softness = shape, bound, sigma_max, softness
         self.register_buffer("colour", torch.tensor(colour, dtype=torch.float32))
@@ -111,8 +117,15 @@ def render_shape(cfg: Config, shape: str, n: int, generator: torch.Generator, ch
     with torch.no_grad():
         for i in range(0, n, chunk):
             sub = Cameras(*(getattr(cams, f)[i : i + chunk] for f in cams.__dataclass_fields__))
-            out = render(field, sub, cfg.world.resolution, cfg.render.samples,
-                         Shading.lit(len(sub), cfg.shading), bg, normal_eps=cfg.render.normal_eps)
+            out = render(
+                field,
+                sub,
+                cfg.world.resolution,
+                cfg.render.samples,
+                Shading.lit(len(sub), cfg.shading),
+                bg,
+                normal_eps=cfg.render.normal_eps,
+            )
             whites.append(out.foreground)
             opac.append(out.opacity)
     return ShapeRenders(torch.cat(whites), torch.cat(opac), cams)
@@ -128,5 +141,6 @@ def colourise(r: ShapeRenders, colour: tuple[float, float, float], mode: str, ba
 
 def view_index(cams: Cameras) -> Tensor:
     """Index into VIEWS of each camera's suffix [N]."""
-    return torch.tensor([VIEWS.index(view_suffix(e, a)) for e, a in zip(cams.elevation.tolist(),
-                                                                          cams.azimuth.tolist(), strict=True)])
+    return torch.tensor(
+        [VIEWS.index(view_suffix(e, a)) for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(), strict=True)]
+    )

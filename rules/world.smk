@@ -1,0 +1,57 @@
+# The bundled offline world's weights. Not part of `all`; regenerate everything from scratch with
+#   snakemake bundled_models --forceall --cores 2      (~1.5 h on 2 CPU cores)
+
+
+rule train_evaluator:
+    """The tiny CLIP evaluator (clip-anytorch state dict), trained on held-out world renders."""
+    input:
+        "params.yaml",
+    output:
+        model="models/world-clip/world-clip.pt",
+        record="models/world-clip/world-clip.train.json",
+    log:
+        "results/world/logs/train_evaluator.log",
+    threads: 2
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.world.evaluator --params {input} --out {output.model} > {log} 2>&1"
+
+
+rule train_world_unet:
+    """The learned prior (diffusers pipeline directory), trained on the world bank for a fixed time budget."""
+    input:
+        "params.yaml",
+    output:
+        directory("models/world-unet"),
+    params:
+        minutes=40,
+    log:
+        "results/world/logs/train_world_unet.log",
+    threads: 2
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.world.unet --params {input} --out {output} --minutes {params.minutes} > {log} 2>&1"
+
+
+rule measure_world:
+    """The quality bars of the model cards (evaluator, prior samples, 2D SDS)."""
+    input:
+        params="params.yaml",
+        clip="models/world-clip/world-clip.pt",
+    output:
+        "models/world-clip/quality.json",
+    log:
+        "results/world/logs/measure_world.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.world.measure --params {input.params} --clip {input.clip} --out {output} > {log} 2>&1"
+
+
+rule bundled_models:
+    input:
+        rules.train_evaluator.output,
+        rules.train_world_unet.output,
+        rules.measure_world.output,

@@ -1,0 +1,43 @@
+"""Slow quality checks on the bundled world (run with `pytest -m slow`)."""
+
+import pytest
+import torch
+
+from pipeline.config import load
+from pipeline.evaluate import ClipScorer
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return ClipScorer(str(ROOT / "models/world-clip/world-clip.pt"), torch.device("cpu"))
+
+
+def test_evaluator_bar_on_a_small_held_out_sample(scorer):
+    from pipeline.world.measure import evaluator_bars
+
+    bars = evaluator_bars(load(ROOT / "params.yaml"), scorer, per_shape=20)
+    assert bars["colour_renders"]["colour"] >= 0.95
+    assert bars["colour_renders"]["caption"] >= 0.85
+    assert bars["textureless_renders"]["shape"] >= 0.8
+
+
+def test_training_a_red_cube_is_retrieved_as_a_red_cube(tmp_path, scorer):
+    from pipeline.train import load_model, train
+    from pipeline.views import eval_azimuths, render_views
+    from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
+    from pipeline.world.scenes import CAPTIONS
+
+    cfg = load(ROOT / "params.yaml")
+    cfg.tracking.enabled = False
+    prior = ClosedFormWorldPrior(generate_bank(cfg), torch.device("cpu"))
+    train(cfg, "a-red-cube", "a red cube.", 0, tmp_path / "v" / "p" / "seed0", prior)
+    model, cfg, _ = load_model(tmp_path / "v/p/seed0/model.safetensors")
+    from pipeline.nerf.cameras import orbit_cameras
+
+    views = render_views(model, cfg, orbit_cameras(cfg.camera, eval_azimuths(8)), 64, 96)
+    top = (scorer.images(views["color"]) @ scorer.texts(CAPTIONS).T).argmax(1)
+    hits = [CAPTIONS[k] == "a red cube." for k in top.tolist()]
+    assert sum(hits) >= 5, [CAPTIONS[k] for k in top.tolist()]
