@@ -50,6 +50,12 @@ def train_gpus(wildcards):
     return 0 if cfg.train.device == "cpu" or (cfg.train.device == "auto" and world) else 1
 
 
+def train_threads(wildcards):
+    """CPU training: one thread per job (two 1-thread jobs run ~2x the steps/s of one 2-thread job on 2 cores,
+    measured in benchmarks/RESULTS.md); GPU jobs keep 2 threads for data work."""
+    return 2 if train_gpus(wildcards) else 1
+
+
 def objects(variant, name):
     return expand(f"{RESULTS}/{variant}/{{pid}}/seed{{seed}}/{name}", pid=PROMPT_IDS, seed=SEEDS)
 

@@ -13,7 +13,7 @@ rule evaluate:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --views {input.views}"
+        "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --views {input.views}"
         " --out {output.json} > {log} 2>&1"
 
 
@@ -30,7 +30,7 @@ rule ground_truth:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --ground-truth"
+        "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --ground-truth"
         " --out {output} > {log} 2>&1"
 
 
@@ -55,5 +55,5 @@ rule report:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.report --evals {input.evals} {params.gt} --media {input.media}"
+        "OMP_NUM_THREADS={threads} python -m pipeline.report --evals {input.evals} {params.gt} --media {input.media}"
         " --bootstrap {params.bootstrap} --out-dir {params.out} > {log} 2>&1"

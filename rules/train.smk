@@ -18,10 +18,11 @@ rule world_bank:
         "results/world/bank-{digest}.safetensors",
     log:
         "results/world/logs/bank-{digest}.log",
+    threads: 2
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.world.prior --params {input.config} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.world.prior --params {input.config} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -40,12 +41,12 @@ rule train:
         f"{RESULTS}/logs/train/{{variant}}/{{pid}}-seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{variant}}/{{pid}}-seed{{seed}}.tsv"
-    threads: 2
+    threads: train_threads
     resources:
         gpu=train_gpus,
         mem_mb=4000,
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.train --params {input.config} --prompts {input.prompts} --prompt-id {wildcards.pid}"
+        "OMP_NUM_THREADS={threads} python -m pipeline.train --params {input.config} --prompts {input.prompts} --prompt-id {wildcards.pid}"
         " --seed {wildcards.seed} --out {params.out} {params.bank} > {log} 2>&1"

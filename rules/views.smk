@@ -13,7 +13,7 @@ rule mesh:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.mesh --model {input} --out-dir {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.mesh --model {input} --out-dir {params.out} > {log} 2>&1"
 
 
 rule views:
@@ -34,4 +34,4 @@ rule views:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.views --model {input.model} --mesh {input.mesh} --out-dir {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.views --model {input.model} --mesh {input.mesh} --out-dir {params.out} > {log} 2>&1"

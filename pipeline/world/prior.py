@@ -123,6 +123,7 @@ class ClosedFormWorldPrior(Guidance):
         images = bank["images"].to(device)
         self.resolution = int(images.shape[-1])
         self.x = images.flatten(1).float() / 127.5 - 1.0  # [N, D] in [−1, 1]
+        self.xt = self.x.T.contiguous()  # [D, N]: w @ X as X^T w^T reads memory in order (2-3x faster on CPU)
         self.x_sq = (self.x**2).sum(1)
         self.caption = bank["caption"].to(device)
         self.view = bank["view"].to(device)
@@ -174,20 +175,21 @@ class ClosedFormWorldPrior(Guidance):
         b = z_t.shape[0]
         ab = self.alphas_cumprod[t].view(b, 1)
         z = z_t.reshape(b, -1)
-        dist = (z**2).sum(1, keepdim=True) - 2 * ab.sqrt() * (z @ self.x.T) + ab * self.x_sq[None]
+        dist = (z**2).sum(1, keepdim=True) - 2 * ab.sqrt() * (self.x @ z.T).T + ab * self.x_sq[None]
         return -dist / (2 * (1 - ab))
 
     def _mean(self, logits: Tensor, emb: Tensor) -> Tensor:
-        """Σ_i softmax(logits)_i x_i over each row's subset [B, D]; conditional rows only touch their caption's rows."""
+        """Σ_i softmax(logits)_i x_i over each row's subset [B, D]. Rows over the whole bank share one matmul (one
+        pass over the bank's memory); conditional rows only read their caption's images."""
         mask = self._mask(emb)
-        out = []
-        for row, m in zip(logits, mask, strict=True):
-            if bool(m.all()):
-                out.append(torch.softmax(row, 0) @ self.x)
-            else:
-                idx = m.nonzero().squeeze(1)
-                out.append(torch.softmax(row[idx], 0) @ self.x[idx])
-        return torch.stack(out)
+        full = mask.all(1)
+        out = torch.empty(logits.shape[0], self.x.shape[1], device=logits.device)
+        if full.any():
+            out[full] = (self.xt @ torch.softmax(logits[full], 1).T).T
+        for r in (~full).nonzero().squeeze(1).tolist():
+            idx = mask[r].nonzero().squeeze(1)
+            out[r] = torch.softmax(logits[r, idx], 0) @ self.x[idx]
+        return out
 
     def posterior_mean(self, z_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """E[x_0 | z_t, y] [B, C, H, W] under the bank restricted to each embedding's images."""
