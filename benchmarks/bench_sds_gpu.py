@@ -36,22 +36,42 @@ def sd21_base_random(device: torch.device, dtype: torch.dtype, latent_resolution
     from pipeline.guidance.tokenizer import clip_tokenizer
 
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        attention_head_dim=(5, 10, 20, 20),
+        cross_attention_dim=1024,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         use_linear_projection=True,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512,
     )
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-                                        num_hidden_layers=23, projection_dim=512, hidden_act="gelu"))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=23,
+            projection_dim=512,
+            hidden_act="gelu",
+        )
+    )
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     tok = clip_tokenizer(Path(tempfile.mkdtemp()) / "tok")
-    return StableDiffusionGuidance.from_modules(tok, text, unet, sched, device, dtype, vae=vae,
-                                                latent_resolution=latent_resolution)
+    return StableDiffusionGuidance.from_modules(
+        tok, text, unet, sched, device, dtype, vae=vae, latent_resolution=latent_resolution
+    )
 
 
 def main() -> None:
@@ -89,7 +109,10 @@ def main() -> None:
     wall = time.perf_counter() - t
     out = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "dtype": str(dtype), "compile": args.compile, "steps": args.steps, "wall_s": round(wall, 1),
+        "dtype": str(dtype),
+        "compile": args.compile,
+        "steps": args.steps,
+        "wall_s": round(wall, 1),
         "steps_per_s": round(m["steps_per_second"], 3),
         "ms_per_step": {k: round(1000 * v, 1) for k, v in m["seconds_per_step"].items()},
         "projected_10k_steps_min": round(10_000 / m["steps_per_second"] / 60, 1),

@@ -56,8 +56,12 @@ def main() -> None:
         rows.append(("tiny IF-style (pixel 16²)", time_step(fi, 32, args.repeats)))
     cfg = load(ROOT / "params.yaml")
     world = ClosedFormWorldPrior(generate_bank(cfg), cpu)
-    rows.append((f"closed-form world prior ({cfg.world.images_per_caption}/caption, 32²)",
-                 time_step(world, cfg.world.resolution, args.repeats)))
+    rows.append(
+        (
+            f"closed-form world prior ({cfg.world.images_per_caption}/caption, 32²)",
+            time_step(world, cfg.world.resolution, args.repeats),
+        )
+    )
     print(f"\nOne SDS step, 4 views, CFG, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, s in rows:
         print(f"- {name}: {1000 * s:.1f} ms")

@@ -51,11 +51,20 @@ def step_flops(cfg, guidance) -> float:
     b = cfg.train.batch_views
     with FlopCounterMode(display=False) as fc:
         cams = sample_cameras(cfg.camera, b, g)
-        res = render(model.field, cams, cfg.render.resolution, cfg.render.samples,
-                     sample_shading(cfg.shading, cfg.shading.albedo_steps, b, g), model.background, generator=g,
-                     need_normals=True)
-        texts = [with_suffix("a red cube.", e, a) for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(),
-                                                                  strict=True)]
+        res = render(
+            model.field,
+            cams,
+            cfg.render.resolution,
+            cfg.render.samples,
+            sample_shading(cfg.shading, cfg.shading.albedo_steps, b, g),
+            model.background,
+            generator=g,
+            need_normals=True,
+        )
+        texts = [
+            with_suffix("a red cube.", e, a)
+            for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(), strict=True)
+        ]
         t = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)(0, b, g)
         out = sds(guidance, res.rgb, guidance.embed(texts), guidance.embed([""] * b), t, cfg.guidance, 0, g)
         out.loss.backward()
@@ -93,18 +102,26 @@ def main() -> None:
         views.run(out / "model.safetensors", out / "mesh.ply", out, torch.device("cpu"))
         stages["views"] = time.perf_counter() - t
         t = time.perf_counter()
-        scorers = [evaluate.ClipScorer(str(ROOT / c) if not Path(c).is_absolute() else c, torch.device("cpu"))
-                   for c in cfg.evaluate.clip_models]
-        evaluate.evaluate([{"prompt_id": "x", "seed": 0, "text": text, "views": evaluate.load_views(out / "views.npz")}],
-                          [normalize(line) for line in (ROOT / "prompts/primitives.txt").read_text().splitlines()],
-                          scorers, cfg.evaluate.combine, world=True)
+        scorers = [
+            evaluate.ClipScorer(str(ROOT / c) if not Path(c).is_absolute() else c, torch.device("cpu"))
+            for c in cfg.evaluate.clip_models
+        ]
+        evaluate.evaluate(
+            [{"prompt_id": "x", "seed": 0, "text": text, "views": evaluate.load_views(out / "views.npz")}],
+            [normalize(line) for line in (ROOT / "prompts/primitives.txt").read_text().splitlines()],
+            scorers,
+            cfg.evaluate.combine,
+            world=True,
+        )
         stages["evaluate (1 object)"] = time.perf_counter() - t
         flops = step_flops(cfg, prior)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     gflops = matmul_gflops()
     sps = m["steps_per_second"]
     per_step = m["seconds_per_step"]
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     lines = [
         f"\n## {time.strftime('%Y-%m-%d %H:%M')} · {sha} · bundled world · {args.label or 'baseline'}",
         f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -112,8 +129,7 @@ def main() -> None:
         f"- setting: {cfg.train.steps} steps, {cfg.train.batch_views} views/step at {cfg.render.resolution}², "
         f"{cfg.render.samples} samples/ray, grid {cfg.nerf.resolution}³, bank {cfg.world.images_per_caption}/caption",
         "- stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()),
-        f"- per step (ms): " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in per_step.items())
-        + f"; {sps:.2f} steps/s",
+        f"- per step (ms): " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in per_step.items()) + f"; {sps:.2f} steps/s",
         f"- FLOPs/step (counted): {flops / 1e9:.2f} GFLOP → {flops * sps / 1e9:.2f} GFLOP/s achieved vs "
         f"{gflops:.1f} GFLOP/s measured fp32 matmul ({100 * flops * sps / 1e9 / gflops:.1f} %)",
         f"- peak RSS: {peak_gb:.2f} GB",

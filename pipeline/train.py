@@ -238,8 +238,10 @@ def train(
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OSError(f"{out}: output folder is not writable ({exc.strerror}); fix its permissions or choose "
-                      "another results folder") from None
+        raise OSError(
+            f"{out}: output folder is not writable ({exc.strerror}); fix its permissions or choose "
+            "another results folder"
+        ) from None
     device = pick_device(cfg.train.device)
     torch.manual_seed(seed)
     ident = identity(cfg, prompt_id, text, seed)

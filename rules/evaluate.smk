@@ -46,6 +46,9 @@ rule report:
         metrics=f"{REPORT}/metrics.json",
         plot=f"{REPORT}/rprecision.csv",
         html=f"{REPORT}/index.html",
+        comparison=f"{REPORT}/comparison.md",
+        gallery=f"{REPORT}/gallery.png",
+        plot_png=f"{REPORT}/rprecision_vs_scale.png",
     params:
         out=lambda w, output: os.path.dirname(output[0]),
         gt=lambda w, input: f"--ground-truth {input.gt}" if input.gt else "",

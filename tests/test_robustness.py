@@ -67,8 +67,7 @@ def test_gpu_slots_are_exclusive(tmp_path):
     import sys
 
     assert claim_gpu_slot(2, tmp_path) == 0
-    code = ("from pipeline.train import claim_gpu_slot; import sys; "
-            f"print(claim_gpu_slot(2, {str(tmp_path)!r}))")
+    code = f"from pipeline.train import claim_gpu_slot; import sys; print(claim_gpu_slot(2, {str(tmp_path)!r}))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == "1"
     code = code.replace("claim_gpu_slot(2", "claim_gpu_slot(1")

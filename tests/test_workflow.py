@@ -77,6 +77,7 @@ def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     wd = tiny_workdir(workdir)
     base = yaml.safe_load((wd / "params.yaml").read_text())
     merged = {**base, **{k: v for k, v in TINY.items() if k != "sweep"}}
+    merged["prompts"] = {**base["prompts"], **TINY["prompts"]}
     merged["tracking"] = {"enabled": False}
     (wd / "params.yaml").write_text(yaml.safe_dump(merged))
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "dvc.yaml"), wd / "dvc.yaml")
@@ -104,16 +105,15 @@ def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     assert json.loads((wd / "reports/primitives/metrics.json").read_text())
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "baseline")
+    baseline = (wd / "reports/primitives/metrics.json").read_text()
+    sh("dvc", "push")
     sh("dvc", "exp", "run", "-S", "guidance.scale=30", "-n", "w30")
     shown = sh("dvc", "exp", "show", "--md")
     assert ("w30" in shown and "metrics.json" in shown) or "world-w30-uniform" in shown
     sh("dvc", "metrics", "show")
-    sh("dvc", "push")
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(wd), str(clone), cwd=tmp_path)
     sh("dvc", "remote", "add", "-f", "-d", "local", str(tmp_path / "remote"), cwd=clone)
     sh("dvc", "pull", cwd=clone)
-    assert (clone / "reports/primitives/metrics.json").read_text() == (
-        wd / "reports/primitives/metrics.json"
-    ).read_text()
+    assert (clone / "reports/primitives/metrics.json").read_text() == baseline
     assert list((clone / "results/primitives").glob("*/*/seed0/model.safetensors"))

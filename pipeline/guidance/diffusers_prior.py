@@ -28,8 +28,7 @@ class DiffusersGuidance(Guidance):
         )
 
     @classmethod
-    def from_modules(cls, tokenizer, text_encoder, unet, scheduler, device: torch.device, dtype: torch.dtype,
-                     **extra):
+    def from_modules(cls, tokenizer, text_encoder, unet, scheduler, device: torch.device, dtype: torch.dtype, **extra):
         """Build from in-memory components (benchmarks with random weights); `extra` sets e.g. vae."""
         self = cls.__new__(cls)
         self.root = Path("<in memory>")

@@ -59,8 +59,7 @@ def evaluator_bars(cfg: Config, scorer: ClipScorer, per_shape: int) -> dict[str,
     shapes = [CAPTIONS[int(s) * 6].rstrip(".").split()[-1] for s in data["shape"]]
     truth = [CAPTIONS[int(c)] if c >= 0 else f"a x {s}." for c, s in zip(data["caption"], shapes, strict=True)]
     colour = retrieval(scorer, data["images"][colour_rows], [t for t, m in zip(truth, colour_rows, strict=True) if m])
-    geo = retrieval(scorer, data["images"][~colour_rows], [t for t, m in zip(truth, colour_rows, strict=True)
-                                                           if not m])
+    geo = retrieval(scorer, data["images"][~colour_rows], [t for t, m in zip(truth, colour_rows, strict=True) if not m])
     return {"colour_renders": colour, "textureless_renders": {"shape": geo["shape"], "n": geo["n"]}}
 
 
@@ -96,8 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     prior = ClosedFormWorldPrior(generate_bank(cfg), torch.device("cpu"))
     g = torch.Generator().manual_seed(HELD_OUT_SEED)
     per_caption = 1 if args.quick else 3
-    texts = [f"{c.rstrip('.')}, {VIEWS[int(torch.randint(0, 4, (1,), generator=g))]}" for c in CAPTIONS
-             for _ in range(per_caption)]
+    texts = [
+        f"{c.rstrip('.')}, {VIEWS[int(torch.randint(0, 4, (1,), generator=g))]}"
+        for c in CAPTIONS
+        for _ in range(per_caption)
+    ]
     samples = ddim_samples(prior, texts, cfg.world.resolution)
     truth = [c for c in CAPTIONS for _ in range(per_caption)]
     report["closed_form_prior_ddim50"] = retrieval(scorer, samples, truth)

@@ -28,13 +28,27 @@ from pipeline.world.scenes import CAPTIONS, VIEWS
 
 def build(resolution: int) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     unet = UNet2DConditionModel(
-        sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
-        block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
-        attention_head_dim=8, norm_num_groups=16,
+        sample_size=resolution,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
     )
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                        num_hidden_layers=2, vocab_size=49408, max_position_embeddings=16))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=16,
+        )
+    )
     return unet, text
 
 
@@ -43,8 +57,10 @@ def train(params: str, out: Path, minutes: float, batch: int = 32, seed: int = 0
     torch.manual_seed(seed)
     bank = generate_bank(cfg)
     images = bank["images"].float() / 127.5 - 1
-    texts = [f"{CAPTIONS[c].rstrip('.')}, {VIEWS[v]}" for c, v in zip(bank["caption"].tolist(),
-                                                                        bank["view"].tolist(), strict=True)]
+    texts = [
+        f"{CAPTIONS[c].rstrip('.')}, {VIEWS[v]}"
+        for c, v in zip(bank["caption"].tolist(), bank["view"].tolist(), strict=True)
+    ]
     tok = clip_tokenizer(out / "tokenizer_src", max_length=16)
     ids = tok(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
     empty = tok([""], padding="max_length", max_length=16, return_tensors="pt").input_ids
@@ -79,14 +95,23 @@ def train(params: str, out: Path, minutes: float, batch: int = 32, seed: int = 0
     import shutil
 
     shutil.rmtree(out / "tokenizer_src", ignore_errors=True)
-    index = {"_class_name": "IFPipeline", "_diffusers_version": "0.42.1",
-             "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDPMScheduler"]}
+    index = {
+        "_class_name": "IFPipeline",
+        "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }
     (out / "model_index.json").write_text(json.dumps(index, indent=1))
-    info = {"steps": step, "batch": batch, "minutes": round((time.time() - t0) / 60, 1),
-            "final_loss": sum(losses[-100:]) / max(len(losses[-100:]), 1),
-            "unet_params": sum(p.numel() for p in unet.parameters()),
-            "text_params": sum(p.numel() for p in text.parameters())}
+    info = {
+        "steps": step,
+        "batch": batch,
+        "minutes": round((time.time() - t0) / 60, 1),
+        "final_loss": sum(losses[-100:]) / max(len(losses[-100:]), 1),
+        "unet_params": sum(p.numel() for p in unet.parameters()),
+        "text_params": sum(p.numel() for p in text.parameters()),
+    }
     (out / "train.json").write_text(json.dumps(info, indent=1))
     return info
 
