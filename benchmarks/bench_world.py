@@ -129,7 +129,7 @@ def main() -> None:
         f"- setting: {cfg.train.steps} steps, {cfg.train.batch_views} views/step at {cfg.render.resolution}², "
         f"{cfg.render.samples} samples/ray, grid {cfg.nerf.resolution}³, bank {cfg.world.images_per_caption}/caption",
         "- stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()),
-        f"- per step (ms): " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in per_step.items()) + f"; {sps:.2f} steps/s",
+        "- per step (ms): " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in per_step.items()) + f"; {sps:.2f} steps/s",
         f"- FLOPs/step (counted): {flops / 1e9:.2f} GFLOP → {flops * sps / 1e9:.2f} GFLOP/s achieved vs "
         f"{gflops:.1f} GFLOP/s measured fp32 matmul ({100 * flops * sps / 1e9 / gflops:.1f} %)",
         f"- peak RSS: {peak_gb:.2f} GB",

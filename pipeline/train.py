@@ -69,7 +69,7 @@ def claim_gpu_slot(n_devices: int, lock_dir: str | Path | None = None) -> int:
     global _GPU_LOCK
     lock_dir = Path(lock_dir or os.environ.get("DREAMFUSION_GPU_LOCKS", tempfile.gettempdir()))
     for i in range(n_devices):
-        fh = open(lock_dir / f"dreamfusion-gpu{i}.lock", "w")  # noqa: SIM115 - held for the process lifetime
+        fh = open(lock_dir / f"dreamfusion-gpu{i}.lock", "w")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
