@@ -30,15 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.clip_loader import import_clip
+from pipeline.clip_loader import import_clip, preprocess
 from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.prompts import normalize
 
 MODES = {"color": "color", "geo": "textureless"}
-MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
 class EvaluationError(ValueError):
@@ -132,12 +130,7 @@ class ClipScorer:
     @torch.no_grad()
     def images(self, images: Tensor) -> Tensor:
         """[N, 3, H, W] in [0, 1] → unit embeddings [N, D] (bicubic antialiased resize, CLIP normalisation)."""
-        x = images.to(self.device).float()
-        if x.shape[-1] != self.resolution:
-            x = F.interpolate(
-                x, (self.resolution, self.resolution), mode="bicubic", align_corners=False, antialias=True
-            )
-        x = (x.clamp(0, 1) - MEAN.to(x.device)) / STD.to(x.device)
+        x = preprocess(images.to(self.device).float(), self.resolution)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
 
@@ -222,13 +215,12 @@ def per_object_csv(rows: list[dict[str, Any]]) -> str:
 
 def ground_truth_objects(cfg: Config, captions: list[str]) -> list[dict[str, Any]]:
     """The bundled world's ground-truth objects rendered with the evaluation views (the Table 1 ceiling)."""
+    from pipeline.nerf.cameras import orbit_cameras
     from pipeline.train import Model
     from pipeline.views import eval_azimuths, render_views
     from pipeline.world.scenes import COLOURS, PrimitiveField, parse_caption
 
-    cams = __import__("pipeline.nerf.cameras", fromlist=["orbit_cameras"]).orbit_cameras(
-        cfg.camera, eval_azimuths(cfg.views.azimuths)
-    )
+    cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths))
     out = []
     for text in captions:
         colour, shape = parse_caption(text)

@@ -13,7 +13,9 @@ neither lost nor duplicated. `tracking.enabled: false` switches all of it off.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,7 +149,7 @@ def tracked_training(
     buffer: list[Any] = []
 
     def hook(step: int, metrics: dict[str, float]) -> None:
-        ts = int(__import__("time").time() * 1000)
+        ts = int(time.time() * 1000)
         buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step")
 
     status = "FAILED"
@@ -155,8 +157,6 @@ def tracked_training(
         yield hook
         status = "FINISHED"
     finally:
-        import json
-
         with _locked(uri):
             for i in range(0, len(buffer), 1000):
                 client.log_batch(run_id, metrics=buffer[i : i + 1000])
@@ -196,8 +196,6 @@ def log_evaluation(cfg: Config, variant: str, result: dict[str, Any]) -> None:
     """Per-object scores on the child runs; the variant's R-precision on the parent run."""
     if not cfg.tracking.enabled:
         return
-    import time
-
     from mlflow.entities import Metric
 
     from pipeline.report import _short

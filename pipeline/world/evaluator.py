@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.clip_loader import import_clip
+from pipeline.clip_loader import import_clip, preprocess
 from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.io import atomic_write
 from pipeline.nerf.cameras import orbit_cameras
-from pipeline.world.scenes import CAPTIONS, COLOURS, SHAPES, ShapeRenders, colourise, render_shape
+from pipeline.world.scenes import CAPTIONS, COLOURS, SHAPES, ShapeRenders, caption, colourise, render_shape
 
 ARCH = {
     "embed_dim": 64,
@@ -57,16 +57,12 @@ def render_dataset(cfg: Config, per_shape: int, seed: int) -> dict[str, Tensor]:
             for colour, rgb in COLOURS.items():
                 for mode in ("albedo", "lit"):
                     images.append(colourise(r, rgb, mode, cfg.render.background_color))
-                    caps.append(torch.full((len(r.opacity),), CAPTIONS.index(_cap(colour, shape))))
+                    caps.append(torch.full((len(r.opacity),), CAPTIONS.index(caption(colour, shape))))
                     shapes.append(torch.full((len(r.opacity),), s))
             images.append(colourise(r, (1.0, 1.0, 1.0), "textureless", cfg.render.background_color))
             caps.append(torch.full((len(r.opacity),), -1))
             shapes.append(torch.full((len(r.opacity),), s))
     return {"images": torch.cat(images), "caption": torch.cat(caps), "shape": torch.cat(shapes)}
-
-
-def _cap(colour: str, shape: str) -> str:
-    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}."
 
 
 def _orbit_renders(cfg: Config, shape: str, n: int, g: torch.Generator) -> ShapeRenders:
@@ -109,17 +105,6 @@ def augment(images: Tensor, g: torch.Generator) -> Tensor:
         x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     x = x + 0.06 * torch.rand(b, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
     return x.clamp(0, 1)
-
-
-MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-
-
-def preprocess(images: Tensor, resolution: int) -> Tensor:
-    """[B, 3, H, W] in [0, 1] → CLIP input: antialiased resize to the model's resolution, CLIP normalisation."""
-    if images.shape[-1] != resolution:
-        images = F.interpolate(images, (resolution, resolution), mode="bicubic", align_corners=False, antialias=True)
-    return (images.clamp(0, 1) - MEAN.to(images.device)) / STD.to(images.device)
 
 
 def targets(caption: Tensor, shape: Tensor) -> Tensor:

@@ -26,7 +26,17 @@ from pipeline.config import load as load_config
 from pipeline.guidance.base import Guidance, GuidanceLoadError
 from pipeline.io import atomic_write
 from pipeline.prompts import normalize
-from pipeline.world.scenes import CAPTIONS, COLOURS, SHAPES, VIEWS, colourise, parse_caption, render_shape, view_index
+from pipeline.world.scenes import (
+    CAPTIONS,
+    COLOURS,
+    SHAPES,
+    VIEWS,
+    caption,
+    colourise,
+    parse_caption,
+    render_shape,
+    view_index,
+)
 
 BANK_MODES = ("albedo", "lit")
 """Shading modes in the bank: what objects of the world look like (textureless renders are not images of a
@@ -70,7 +80,7 @@ def generate_bank(cfg: Config, seed: int | None = None, modes: tuple[str, ...] =
             for m, mode in enumerate(modes):
                 img = colourise(r, rgb, mode, cfg.render.background_color)
                 images.append((img * 255).round().to(torch.uint8))
-                cap_idx.append(torch.full((per_shape,), CAPTIONS.index(f"{_article(colour)} {colour} {shape}.")))
+                cap_idx.append(torch.full((per_shape,), CAPTIONS.index(caption(colour, shape))))
                 view_idx.append(views)
                 mode_idx.append(torch.full((per_shape,), m))
     return {
@@ -79,10 +89,6 @@ def generate_bank(cfg: Config, seed: int | None = None, modes: tuple[str, ...] =
         "view": torch.cat(view_idx),
         "mode": torch.cat(mode_idx),
     }
-
-
-def _article(colour: str) -> str:
-    return "an" if colour[0] in "aeiou" else "a"
 
 
 def save_bank(bank: dict[str, Tensor], path: str | Path, cfg: Config) -> None:
