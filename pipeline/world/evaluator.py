@@ -121,7 +121,7 @@ def targets(caption: Tensor, shape: Tensor) -> Tensor:
 
 def train_evaluator(
     cfg: Config,
-    steps: int = 1500,
+    steps: int = 3000,
     per_shape: int = 800,
     batch: int = 192,
     seed: int = EVALUATOR_SEED,
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="models/world-clip/world-clip.pt")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--per-shape", type=int, default=800)
     args = ap.parse_args(argv)
     cfg = load_config(args.params)

@@ -22,7 +22,6 @@ from pipeline.config import load as load_config
 from pipeline.evaluate import ClipScorer
 from pipeline.guidance import Guidance
 from pipeline.io import atomic_write_json
-from pipeline.nerf.cameras import orbit_cameras
 from pipeline.sds2d import optimise_image
 from pipeline.world.evaluator import render_dataset
 from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
@@ -111,7 +110,6 @@ def main(argv: list[str] | None = None) -> None:
     report["sds2d_closed_form"] = retrieval(scorer, torch.stack(sds_imgs), list(captions))
     report["sds2d_closed_form"]["settings"] = {"scale": cfg.guidance.scale, "steps": 200, "lr": 0.05}
     report["seconds"] = round(time.time() - t0, 1)
-    report["orbit_note"] = f"evaluation cameras: elevation {cfg.camera.eval_elevation}±10°, {orbit_cameras.__name__}"
     atomic_write_json(args.out, report)
     print(json.dumps(report, indent=1))
 
