@@ -98,12 +98,11 @@ def parent_run(client, cfg: Config, variant: str) -> str:
     return run.info.run_id
 
 
-def child_run(client, cfg: Config, variant: str, prompt_id: str, seed: int, create: bool = True) -> str | None:
+def child_run(client, cfg: Config, variant: str, prompt_id: str, seed: int) -> str | None:
+    """The run id of an object's child run, or None if it has none."""
     exp_id = _experiment(client, cfg.prompts.benchmark)
     run = _find(client, exp_id, kind=CHILD, variant=variant, prompt_id=prompt_id, seed=str(seed))
-    if run or not create:
-        return run.info.run_id if run else None
-    return None
+    return run.info.run_id if run else None
 
 
 @contextmanager
@@ -124,7 +123,7 @@ def tracked_training(
     with _locked(uri):
         parent = parent_run(client, cfg, variant)
         exp_id = _experiment(client, cfg.prompts.benchmark)
-        old = child_run(client, cfg, variant, prompt_id, seed, create=False)
+        old = child_run(client, cfg, variant, prompt_id, seed)
         if old:  # a re-run replaces the earlier record of this object
             client.delete_run(old)
         run = client.create_run(
@@ -185,7 +184,7 @@ def log_object_artifacts(cfg: Config, variant: str, prompt_id: str, seed: int, f
         return
     client, uri = _client(cfg)
     with _locked(uri):
-        run_id = child_run(client, cfg, variant, prompt_id, seed, create=False)
+        run_id = child_run(client, cfg, variant, prompt_id, seed)
         if run_id:
             for f in files:
                 if f.exists():
@@ -216,7 +215,7 @@ def log_evaluation(cfg: Config, variant: str, result: dict[str, Any]) -> None:
         ]
         client.log_batch(parent, metrics=summary)
         for o in result["objects"]:
-            run_id = child_run(client, cfg, variant, o["prompt_id"], o["seed"], create=False)
+            run_id = child_run(client, cfg, variant, o["prompt_id"], o["seed"])
             if run_id:
                 ms = [Metric(f"rprecision.{_short(o['clip'])}.{o['mode']}", float(o["score"]), ts, 0)]
                 if "shape_score" in o:

@@ -394,13 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = {p["id"]: p for p in json.loads(Path(args.prompts).read_text())["prompts"]}
     if args.prompt_id not in prompts:
         raise SystemExit(f"error: {args.prompts}: no prompt with id {args.prompt_id!r}")
-    device = pick_device(cfg.train.device)
-    if cfg.guidance.name == "world":
-        from pipeline.world.prior import ClosedFormWorldPrior
-
-        guidance = ClosedFormWorldPrior.from_config(cfg, device, args.world_bank)
-    else:
-        guidance = build_guidance(cfg, device)
+    guidance = build_guidance(cfg, pick_device(cfg.train.device), args.world_bank)
     from pipeline.tracking import tracked_training
 
     with tracked_training(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, Path(args.out)) as hook:

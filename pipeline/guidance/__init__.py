@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pipeline.config import Config
@@ -12,14 +14,15 @@ __all__ = ["Guidance", "GuidanceLoadError", "build_guidance"]
 WORLD_UNET_DIR = "models/world-unet"
 
 
-def build_guidance(cfg: Config, device: torch.device) -> Guidance:
-    """The guidance model named by `cfg.guidance.name`, on `device`, frozen."""
+def build_guidance(cfg: Config, device: torch.device, world_bank: str | Path | None = None) -> Guidance:
+    """The guidance model named by `cfg.guidance.name`, on `device`, frozen. `world_bank` is the closed-form world
+    prior's rendered bank (the `world_bank` rule's output); without it the bank is rendered in memory."""
     g = cfg.guidance
     dtype = pick_dtype(g.dtype, device)
     if g.name == "world":
         from pipeline.world.prior import ClosedFormWorldPrior
 
-        return ClosedFormWorldPrior.from_config(cfg, device)
+        return ClosedFormWorldPrior.from_config(cfg, device, world_bank)
     if g.name == "world-unet":
         from pipeline.guidance.diffusers_prior import PixelDiffusersGuidance
 

@@ -67,23 +67,9 @@ def render_dataset(cfg: Config, per_shape: int, seed: int) -> dict[str, Tensor]:
 
 def _orbit_renders(cfg: Config, shape: str, n: int, g: torch.Generator) -> ShapeRenders:
     """Renders from evaluation-style cameras (evaluation elevation ± 10°, random azimuth)."""
-    from pipeline.nerf.renderer import Background, Shading, render
-    from pipeline.world.scenes import PrimitiveField
-
     az = (360 * torch.rand(n, generator=g)).tolist()
     el = cfg.camera.eval_elevation + 20 * (torch.rand(1, generator=g).item() - 0.5)
-    cams = orbit_cameras(cfg.camera, az, el)
-    with torch.no_grad():
-        out = render(
-            PrimitiveField(shape, bound=cfg.nerf.bound),
-            cams,
-            cfg.world.resolution,
-            cfg.render.samples,
-            Shading.lit(n, cfg.shading),
-            Background(cfg.render),
-            normal_eps=cfg.render.normal_eps,
-        )
-    return ShapeRenders(out.foreground, out.opacity, cams)
+    return render_shape(cfg, shape, n, g, cams=orbit_cameras(cfg.camera, az, el))
 
 
 def augment(images: Tensor, g: torch.Generator) -> Tensor:

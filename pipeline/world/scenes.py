@@ -108,11 +108,14 @@ class ShapeRenders:
     cams: Cameras
 
 
-def render_shape(cfg: Config, shape: str, n: int, generator: torch.Generator, chunk: int = 64) -> ShapeRenders:
-    """`n` renders of `shape` from the training camera sampler, lit (ambient/diffuse from cfg.shading)."""
+def render_shape(
+    cfg: Config, shape: str, n: int, generator: torch.Generator, chunk: int = 64, cams: Cameras | None = None
+) -> ShapeRenders:
+    """`n` lit renders of `shape` (ambient/diffuse from cfg.shading), in chunks of `chunk` views, from `cams` or
+    else from the training camera sampler."""
     field = PrimitiveField(shape, bound=cfg.nerf.bound)
     bg = Background(cfg.render)
-    cams = sample_cameras(cfg.camera, n, generator)
+    cams = sample_cameras(cfg.camera, n, generator) if cams is None else cams
     whites, opac = [], []
     with torch.no_grad():
         for i in range(0, n, chunk):
