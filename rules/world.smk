@@ -1,5 +1,5 @@
 # The bundled offline world's weights. Not part of `all`; regenerate everything from scratch with
-#   snakemake bundled_models --forceall --cores 2      (~1.5 h on 2 CPU cores)
+#   snakemake bundled_models --forceall --cores 2      (~2.5 h on 2 CPU cores)
 
 
 rule train_evaluator:
@@ -19,20 +19,23 @@ rule train_evaluator:
 
 
 rule train_world_unet:
-    """The learned prior (diffusers pipeline directory), trained on the world bank for a fixed time budget."""
+    """The learned prior (diffusers pipeline directory), trained on the world bank for a fixed number of steps
+    (checkpointed: a killed job resumes where it stopped)."""
     input:
         "params.yaml",
     output:
-        directory("models/world-unet"),
+        index="models/world-unet/model_index.json",
+        record="models/world-unet/train.json",
     params:
-        minutes=40,
+        out=lambda w, output: os.path.dirname(output.record),
+        steps=5000,
     log:
         "results/world/logs/train_world_unet.log",
     threads: 2
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.world.unet --params {input} --out {output} --minutes {params.minutes} > {log} 2>&1"
+        "python -m pipeline.world.unet --params {input} --out {params.out} --steps {params.steps} > {log} 2>&1"
 
 
 rule measure_world:
@@ -40,14 +43,16 @@ rule measure_world:
     input:
         params="params.yaml",
         clip="models/world-clip/world-clip.pt",
+        unet=rules.train_world_unet.output.record,
     output:
-        "models/world-clip/quality.json",
+        world="models/world-clip/quality.json",
+        unet="models/world-unet/quality.json",
     log:
         "results/world/logs/measure_world.log",
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.world.measure --params {input.params} --clip {input.clip} --out {output} > {log} 2>&1"
+        "python -m pipeline.world.measure --params {input.params} --clip {input.clip} --out {output.world} --unet $(dirname {input.unet}) > {log} 2>&1"
 
 
 rule bundled_models:

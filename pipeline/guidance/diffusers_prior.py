@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.guidance.base import Guidance
-from pipeline.guidance.loading import load_component, resolve_model_dir
+from pipeline.guidance.loading import load_component, resolve_model_dir, verify_checksums
 
 
 class DiffusersGuidance(Guidance):
@@ -18,6 +18,7 @@ class DiffusersGuidance(Guidance):
 
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype) -> None:
         self.root: Path = resolve_model_dir(model)
+        verify_checksums(self.root)
         self._setup(
             load_component(self.root, "tokenizer"),
             load_component(self.root, "text_encoder", torch_dtype=dtype),

@@ -7,6 +7,7 @@ it is a diffusers pipeline directory. `HF_HOME`, `HF_HUB_CACHE` and `HF_HUB_OFFL
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -58,6 +59,26 @@ def resolve_model_dir(model: str) -> Path:
             "save one with `pipeline.save_pretrained(dir)`"
         )
     return root
+
+
+def verify_checksums(root: Path) -> None:
+    """Bundled pipeline directories record the sha256 of their weight files in `train.json` (key "sha256", paths
+    relative to the directory); a missing or different file is an error that says how to restore it."""
+    record = root / "train.json"
+    if not record.is_file():
+        return
+    expected = json.loads(record.read_text()).get("sha256") or {}
+    fix = "restore it (`git checkout -- models/`) or retrain (`snakemake bundled_models`)"
+    for rel, digest in expected.items():
+        path = root / rel
+        if not path.is_file():
+            raise GuidanceLoadError(f"{path}: missing (its sha256 is recorded in {record}); {fix}")
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != digest:
+            raise GuidanceLoadError(
+                f"{path}: sha256 {actual[:12]}… does not match {digest[:12]}… recorded in {record}; the file is "
+                f"corrupted or was replaced: {fix}"
+            )
 
 
 def model_index(root: Path) -> dict[str, Any]:

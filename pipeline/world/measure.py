@@ -3,10 +3,14 @@
 1. Evaluator on held-out ground-truth renders (a seed neither the bank nor the evaluator saw), retrieval over all
    36 captions: colour R-precision, and the shape hit rate on textureless renders. Random training cameras and
    evaluation-orbit cameras are reported separately.
-2. Prior samples (DDIM, 50 steps, conditional ε̂): the evaluator retrieves the prompt for what fraction of samples.
+2. Prior samples (DDIM, 50 steps, conditional ε̂; the learned prior also with CFG 3): the evaluator retrieves the
+   prompt for what fraction of samples.
 3. 2D SDS (the sds2d demo) per caption: the evaluator's top caption has the right colour / the right shape.
 
-    python -m pipeline.world.measure --params params.yaml --out models/world-clip/quality.json [--quick]
+For the closed-form prior (always) and, with `--unet DIR`, the learned prior (into DIR/quality.json):
+
+    python -m pipeline.world.measure --params params.yaml --out models/world-clip/quality.json \
+        [--unet models/world-unet] [--quick]
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.evaluate import ClipScorer
 from pipeline.guidance import Guidance
+from pipeline.guidance.diffusers_prior import PixelDiffusersGuidance
 from pipeline.io import atomic_write_json
 from pipeline.sds2d import optimise_image
 from pipeline.world.evaluator import render_dataset
@@ -62,21 +69,55 @@ def evaluator_bars(cfg: Config, scorer: ClipScorer, per_shape: int) -> dict[str,
 
 
 @torch.no_grad()
-def ddim_samples(prior: Guidance, texts: list[str], resolution: int, steps: int = 50, seed: int = 0) -> torch.Tensor:
-    """Deterministic DDIM (η = 0) with the conditional ε̂; returns images in [0, 1]."""
+def ddim_samples(
+    prior: Guidance, texts: list[str], resolution: int, steps: int = 50, seed: int = 0, scale: float = 0.0
+) -> torch.Tensor:
+    """Deterministic DDIM (η = 0); ε̂ = ε̂_c + scale (ε̂_c − ε̂_u) (scale 0: the conditional model alone). Returns
+    images in [0, 1]."""
     g = torch.Generator().manual_seed(seed)
     T = prior.num_timesteps
     ts = torch.linspace(T - 1, 0, steps).round().long()
-    cond = prior.embed(texts)
+    cond, uncond = prior.embed(texts), prior.embed([""] * len(texts))
     z = torch.randn(len(texts), 3, resolution, resolution, generator=g)
     for i, t in enumerate(ts):
         tt = torch.full((len(texts),), int(t))
-        eps, _ = prior.predict_noise(z, tt, cond, cond)
-        ab = prior.alphas_cumprod[t]
+        eps_c, eps_u = prior.predict_noise(z.to(prior.device), tt, cond, uncond)
+        eps = (eps_c + scale * (eps_c - eps_u)).float().cpu()
+        ab = prior.alphas_cumprod[t].cpu()
         x0 = ((z - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
-        ab_next = prior.alphas_cumprod[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+        ab_next = prior.alphas_cumprod[ts[i + 1]].cpu() if i + 1 < len(ts) else torch.tensor(1.0)
         z = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
     return (z.clamp(-1, 1) + 1) / 2
+
+
+def prior_bars(
+    prior: Guidance, cfg: Config, scorer: ClipScorer, quick: bool, ddim_scales: tuple[float, ...] = (0.0,)
+) -> dict[str, dict]:
+    """DDIM-50 samples (3 per caption with a random view suffix; 1 when quick) retrieved by the evaluator, per CFG
+    scale; and 2D SDS (200 steps, cfg.guidance.scale) on every caption (every 6th when quick)."""
+    g = torch.Generator().manual_seed(HELD_OUT_SEED)
+    per_caption = 1 if quick else 3
+    texts = [
+        f"{c.rstrip('.')}, {VIEWS[int(torch.randint(0, 4, (1,), generator=g))]}"
+        for c in CAPTIONS
+        for _ in range(per_caption)
+    ]
+    truth = [c for c in CAPTIONS for _ in range(per_caption)]
+    out: dict[str, dict] = {}
+    for scale in ddim_scales:
+        samples = ddim_samples(prior, texts, cfg.world.resolution, scale=scale)
+        key = "ddim50" if scale == 0 else f"ddim50_cfg{scale:g}"
+        out[key] = retrieval(scorer, samples, truth)
+        out[key]["cfg_scale"] = scale
+    sds_imgs = []
+    captions = CAPTIONS[::6] if quick else CAPTIONS
+    for c in tqdm(captions, desc="sds2d", leave=False):
+        view = VIEWS[int(torch.randint(0, 4, (1,), generator=g))]
+        img, _ = optimise_image(prior, cfg, f"{c.rstrip('.')}, {view}", 200, cfg.world.resolution)
+        sds_imgs.append(img)
+    out["sds2d"] = retrieval(scorer, torch.stack(sds_imgs), list(captions))
+    out["sds2d"]["settings"] = {"scale": cfg.guidance.scale, "steps": 200, "lr": 0.05}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,34 +125,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--clip", default="models/world-clip/world-clip.pt")
     ap.add_argument("--out", default="models/world-clip/quality.json")
+    ap.add_argument("--unet", default="", help="also measure this learned prior; writes <unet>/quality.json")
+    ap.add_argument("--unet-scales", default="10,20", help="guidance.scale values for the learned prior's 2D SDS")
     ap.add_argument("--quick", action="store_true", help="small samples (the slow test uses this)")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
     scorer = ClipScorer(args.clip, torch.device("cpu"))
     t0 = time.time()
     report: dict = {"evaluator": evaluator_bars(cfg, scorer, 40 if args.quick else 200)}
-    prior = ClosedFormWorldPrior(generate_bank(cfg), torch.device("cpu"))
-    g = torch.Generator().manual_seed(HELD_OUT_SEED)
-    per_caption = 1 if args.quick else 3
-    texts = [
-        f"{c.rstrip('.')}, {VIEWS[int(torch.randint(0, 4, (1,), generator=g))]}"
-        for c in CAPTIONS
-        for _ in range(per_caption)
-    ]
-    samples = ddim_samples(prior, texts, cfg.world.resolution)
-    truth = [c for c in CAPTIONS for _ in range(per_caption)]
-    report["closed_form_prior_ddim50"] = retrieval(scorer, samples, truth)
-    sds_imgs = []
-    captions = CAPTIONS[::6] if args.quick else CAPTIONS
-    for c in captions:
-        view = VIEWS[int(torch.randint(0, 4, (1,), generator=g))]
-        img, _ = optimise_image(prior, cfg, f"{c.rstrip('.')}, {view}", 200, cfg.world.resolution)
-        sds_imgs.append(img)
-    report["sds2d_closed_form"] = retrieval(scorer, torch.stack(sds_imgs), list(captions))
-    report["sds2d_closed_form"]["settings"] = {"scale": cfg.guidance.scale, "steps": 200, "lr": 0.05}
+    closed = prior_bars(ClosedFormWorldPrior(generate_bank(cfg), torch.device("cpu")), cfg, scorer, args.quick)
+    report["closed_form_prior_ddim50"] = closed["ddim50"]
+    report["sds2d_closed_form"] = closed["sds2d"]
     report["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(args.out, report)
     print(json.dumps(report, indent=1))
+    if args.unet:
+        t0 = time.time()
+        prior = PixelDiffusersGuidance(args.unet, torch.device("cpu"), torch.float32)
+        learned: dict = {}
+        for scale in [float(s) for s in args.unet_scales.split(",")]:
+            cfg.guidance.scale = scale
+            bars = prior_bars(prior, cfg, scorer, args.quick, ddim_scales=(0.0, 3.0) if not learned else ())
+            learned.update({k: v for k, v in bars.items() if k != "sds2d"})
+            learned[f"sds2d_w{scale:g}"] = bars["sds2d"]
+        learned["seconds"] = round(time.time() - t0, 1)
+        atomic_write_json(Path(args.unet) / "quality.json", learned)
+        print(json.dumps(learned, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ CLIP's BPE from clip-anytorch, so no download is needed.
 Deterministic for a seed and step count; checkpoints every `--checkpoint-every` steps (atomically) and resumes from
 the last one exactly, so a killed run loses at most that many steps:
 
-    python -m pipeline.world.unet --params params.yaml --out models/world-unet --steps 7000
+    python -m pipeline.world.unet --params params.yaml --out models/world-unet --steps 5000
 """
 
 from __future__ import annotations
@@ -98,13 +98,16 @@ def _ckpt_path(out: Path) -> Path:
 def train(
     params: str,
     out: Path,
-    steps: int = 7000,
+    steps: int = 5000,
     batch: int = 32,
     seed: int = 0,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
     checkpoint_every: int = 250,
+    until: int | None = None,
 ) -> dict:
+    """Train (or resume) and write the pipeline directory `out`. With `until`, stop at that step after writing a
+    checkpoint and return without finishing (time-sliced runs, e.g. under a cluster's wall-time limit)."""
     cfg = load_config(params)
     torch.manual_seed(seed)
     bank = generate_bank(cfg)
@@ -118,6 +121,7 @@ def train(
 
     ids_suffixed, ids_base, empty = ids(suffixed), ids(base), ids([""])[0]
     unet, text = build(cfg.world.resolution)
+    unet = unet.to(memory_format=torch.channels_last)  # 16 % faster steps on CPU (0.95 → 0.80 s at batch 32)
     ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text": copy.deepcopy(text).requires_grad_(False)}
     sched = scheduler()
     opt = torch.optim.AdamW([*unet.parameters(), *text.parameters()], lr=lr, weight_decay=0.01)
@@ -162,7 +166,7 @@ def train(
         u = torch.rand(batch, generator=g)
         cond = torch.where((u < 0.2)[:, None], ids_base[idx], ids_suffixed[idx])
         cond[u >= 0.9] = empty
-        x0 = images[idx]
+        x0 = images[idx].contiguous(memory_format=torch.channels_last)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
         zt = sched.add_noise(x0, noise, t)
@@ -181,14 +185,17 @@ def train(
         bar.update(1)
         if step % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
-        if step % checkpoint_every == 0 or step == steps:
+        if step % checkpoint_every == 0 or step == steps or step == until:
             save_checkpoint()
+        if step == until and step < steps:
+            bar.close()
+            return {"steps": step, "checkpoint": str(ckpt)}
     bar.close()
     seconds += time.time() - t0
 
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    ema["unet"].to(torch.float16).save_pretrained(tmp / "unet")
+    ema["unet"].to(torch.float16, memory_format=torch.contiguous_format).save_pretrained(tmp / "unet")
     ema["text"].to(torch.float16).save_pretrained(tmp / "text_encoder")
     tok.save_pretrained(tmp / "tokenizer")
     sched.save_pretrained(tmp / "scheduler")
@@ -230,12 +237,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="models/world-unet")
-    ap.add_argument("--steps", type=int, default=7000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint-every", type=int, default=250)
+    ap.add_argument("--until", type=int, default=None, help="stop (checkpointed) at this step; rerun to resume")
     args = ap.parse_args(argv)
-    info = train(args.params, Path(args.out), args.steps, args.batch, args.seed, checkpoint_every=args.checkpoint_every)
+    out = Path(args.out)
+    info = train(
+        args.params, out, args.steps, args.batch, args.seed, checkpoint_every=args.checkpoint_every, until=args.until
+    )
     print(json.dumps({k: v for k, v in info.items() if k != "loss_every_100"}, indent=1))
 
 
