@@ -44,6 +44,22 @@ def bank_file(variant):
     return [f"results/world/bank-{bank_digest(cfg)}.safetensors"] if cfg.guidance.name == "world" else []
 
 
+def guidance_files(variant):
+    """The record of a local diffusers guidance directory a variant trains with (`train.json`, else
+    `model_index.json`): retraining the bundled learned prior re-runs its objects. (The closed-form prior's input is
+    its bank, `bank_file`.)"""
+    from pipeline.guidance import WORLD_UNET_DIR
+
+    cfg = VARIANTS[variant]
+    if cfg.guidance.name == "world":
+        return []
+    model = cfg.guidance.model or (WORLD_UNET_DIR if cfg.guidance.name == "world-unet" else "")
+    for name in ("train.json", "model_index.json"):
+        if model and os.path.isfile(os.path.join(model, name)):
+            return [os.path.join(model, name)]
+    return []
+
+
 def train_gpus(wildcards):
     cfg = VARIANTS[wildcards.variant]
     world = cfg.guidance.name in ("world", "world-unet")

@@ -31,6 +31,7 @@ rule train:
         config=f"{RESULTS}/{{variant}}/config.yaml",
         prompts=f"{RESULTS}/prompts.json",
         bank=lambda w: bank_file(w.variant),
+        guidance=lambda w: guidance_files(w.variant),
     output:
         model=f"{OBJ}/model.safetensors",
         metrics=f"{OBJ}/metrics.json",

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clip", default="models/world-clip/world-clip.pt")
     ap.add_argument("--out", default="models/world-clip/quality.json")
     ap.add_argument("--unet", default="", help="also measure this learned prior; writes <unet>/quality.json")
-    ap.add_argument("--unet-scales", default="10,20", help="guidance.scale values for the learned prior's 2D SDS")
+    ap.add_argument("--unet-scales", default="10,30", help="guidance.scale values for the learned prior's 2D SDS")
     ap.add_argument("--quick", action="store_true", help="small samples (the slow test uses this)")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
