@@ -1,4 +1,5 @@
-"""The learned world prior: its trainer (deterministic, resumable) and the committed weights (load, denoise, checksum)."""
+"""The learned world prior: its trainer (deterministic, resumable) and the committed weights (load, denoise,
+checksum)."""
 
 import json
 import shutil
@@ -25,7 +26,8 @@ def test_trainer_is_deterministic_and_resumes_exactly(tmp_path):
     from pipeline.world.unet import train
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"world": {"images_per_caption": 2, "resolution": 16}, "render": {"resolution": 16}}))
+    tiny = {"world": {"images_per_caption": 2, "resolution": 16}, "render": {"resolution": 16}}
+    params.write_text(yaml.safe_dump(tiny))
     straight = train(str(params), tmp_path / "a" / "world-unet", steps=4, batch=4, checkpoint_every=100)
     part = train(str(params), tmp_path / "b" / "world-unet", steps=4, batch=4, checkpoint_every=100, until=2)
     assert part["steps"] == 2 and not (tmp_path / "b" / "world-unet").exists()
@@ -41,7 +43,8 @@ def test_trainer_is_deterministic_and_resumes_exactly(tmp_path):
 
 def test_bundled_weights_denoise_the_world(bundled):
     """At t = 500 (ᾱ ≈ 0.08, mostly noise) the committed model's ε̂ for a world image is far better than chance
-    (predicting 0 has MSE 1) and its caption helps: the conditional ε̂ beats the unconditional one."""
+    (predicting 0 has MSE 1; measured 0.0034) and its caption helps: the conditional ε̂ beats the unconditional one
+    (measured 0.0047)."""
     cfg = load(ROOT / "params.yaml")
     cfg.world.images_per_caption = 2
     bank = generate_bank(cfg, seed=123)
@@ -56,7 +59,8 @@ def test_bundled_weights_denoise_the_world(bundled):
     z = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     eps_c, eps_u = bundled.predict_noise(z, t, bundled.embed(texts), bundled.embed([""] * 36))
     mse_c, mse_u = ((eps_c - eps) ** 2).mean().item(), ((eps_u - eps) ** 2).mean().item()
-    assert mse_c < 0.1, mse_c
+    print(f"eps MSE at t=500: conditional {mse_c:.4f}, unconditional {mse_u:.4f}")
+    assert mse_c < 0.02, mse_c
     assert mse_c < mse_u, (mse_c, mse_u)
 
 
@@ -69,7 +73,7 @@ def test_bundled_weights_are_checksummed(tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(GuidanceLoadError, match=r"diffusion_pytorch_model.safetensors: sha256 .* git checkout"):
+    with pytest.raises(GuidanceLoadError, match=r"diffusion_pytorch_model.safetensors: sha256 .*git checkout"):
         build_guidance(cfg, torch.device("cpu"))
     weights.unlink()
     with pytest.raises(GuidanceLoadError, match=r"diffusion_pytorch_model.safetensors: missing"):
