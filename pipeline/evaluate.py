@@ -214,22 +214,34 @@ def per_object_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def ground_truth_objects(cfg: Config, captions: list[str]) -> list[dict[str, Any]]:
-    """The bundled world's ground-truth objects rendered with the evaluation views (the Table 1 ceiling)."""
+    """The bundled world's ground-truth objects rendered with the evaluation views (the Table 1 ceiling).
+
+    The albedo of a primitive is constant, so each shape is rendered once in white (lit and textureless) and
+    coloured exactly by `colourise` (6 renders instead of one per caption)."""
     from pipeline.nerf.cameras import orbit_cameras
-    from pipeline.train import Model
-    from pipeline.views import eval_azimuths, render_views
-    from pipeline.world.scenes import COLOURS, PrimitiveField, parse_caption
+    from pipeline.nerf.renderer import Background, Shading, render_chunked
+    from pipeline.views import eval_azimuths
+    from pipeline.world.scenes import COLOURS, PrimitiveField, ShapeRenders, colourise, parse_caption
 
     cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths))
+    n, bg = len(cams), Background(cfg.render)
+    shapes: dict[str, tuple[ShapeRenders, Tensor]] = {}
     out = []
     for text in captions:
         colour, shape = parse_caption(text)
-        model = Model(cfg)
-        model.field = PrimitiveField(shape, COLOURS[colour], bound=cfg.nerf.bound)
-        v = render_views(model, cfg, cams, cfg.views.resolution, cfg.views.samples)
-        out.append(
-            {"prompt_id": text, "seed": 0, "text": text, "views": {"color": v["color"], "geo": v["textureless"]}}
-        )
+        if shape not in shapes:
+            field = PrimitiveField(shape, bound=cfg.nerf.bound)
+            kw = {"chunk": 2, "normal_eps": cfg.render.normal_eps}
+            lit = render_chunked(
+                field, cams, cfg.views.resolution, cfg.views.samples, Shading.lit(n, cfg.shading), bg, **kw
+            )
+            plain = render_chunked(
+                field, cams, cfg.views.resolution, cfg.views.samples, Shading.lit(n, cfg.shading, True), bg, **kw
+            )
+            shapes[shape] = (ShapeRenders(lit.foreground, lit.opacity, cams), plain.rgb)
+        renders, textureless = shapes[shape]
+        views = {"color": colourise(renders, COLOURS[colour], "lit", cfg.render.background_color), "geo": textureless}
+        out.append({"prompt_id": text, "seed": 0, "text": text, "views": views})
     return out
 
 

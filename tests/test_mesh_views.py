@@ -95,3 +95,16 @@ def test_stages_on_a_blob_and_an_empty_field(tmp_path):
     assert json.loads((empty_dir / "mesh.json").read_text())["status"] == "empty"
     v = views_run(path, empty_dir / "mesh.ply", empty_dir, torch.device("cpu"))
     assert v["mesh_silhouette_iou"] is None
+
+
+def test_contact_sheet_layout_matches_torchvision_make_grid():
+    from torchvision.utils import make_grid
+
+    from pipeline.views import _grid
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(5, 3, 6, 7, generator=g), torch.rand(5, 3, 6, 7, generator=g)]
+    for nrow in (5, 3, 20):
+        expected = make_grid(torch.cat(images), nrow=nrow, padding=2, pad_value=1.0)
+        expected = (expected.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(_grid(images, nrow), expected)

@@ -111,3 +111,33 @@ def test_backgrounds(mode):
     assert out.shape == (2, 4, 4, 3) and out.min() >= 0 and out.max() <= 1
     if mode != "mlp":
         torch.testing.assert_close(bg(d, training=False), torch.tensor([0.0, 1.0, 0.0]).expand(2, 4, 4, 3))
+
+
+def test_unit_matches_normalize_and_keeps_zero_vectors_finite():
+    from pipeline.nerf.renderer import unit
+
+    v = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))
+    v[0] = 0.0
+    torch.testing.assert_close(unit(v), torch.nn.functional.normalize(v, dim=-1, eps=1e-8), atol=1e-6, rtol=0)
+    assert torch.equal(unit(v)[0], torch.zeros(3))
+    x = v[1:].clone().requires_grad_(True)
+    y = v[1:].clone().requires_grad_(True)
+    w = torch.randn(999, 3, generator=torch.Generator().manual_seed(1))
+    (unit(x) * w).sum().backward()
+    (torch.nn.functional.normalize(y, dim=-1) * w).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_render_chunked_equals_one_render():
+    from pipeline.nerf.renderer import render_chunked
+
+    cams = orbit_cameras(CameraConfig(), [0.0, 70.0, 140.0, 210.0, 280.0])
+    shading = Shading.lit(5, ShadingConfig(), textureless=False)
+    shading.textureless[1] = True
+    bg = Background(RenderConfig(background="solid"))
+    with torch.no_grad():
+        whole = render(Ball(), cams, 12, 16, shading, bg)
+    parts = render_chunked(Ball(), cams, 12, 16, shading, bg, chunk=2)
+    for name in ("rgb", "foreground", "opacity", "depth", "normal"):
+        torch.testing.assert_close(getattr(parts, name), getattr(whole, name), atol=1e-6, rtol=0)
+    torch.testing.assert_close(parts.orientation, whole.orientation, atol=1e-7, rtol=1e-5)

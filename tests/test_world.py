@@ -73,3 +73,24 @@ def test_closed_form_prior_is_the_exact_posterior():
     ec, eu = prior.predict_noise(z, t, emb, prior.embed([""]))
     torch.testing.assert_close(ec.flatten(), (z.flatten() - ab.sqrt() * expected) / (1 - ab).sqrt(), atol=1e-3, rtol=0)
     assert not torch.allclose(ec, eu)
+
+
+def test_ground_truth_objects_equal_direct_renders_of_each_caption():
+    """Ground truth renders each shape once in white and colours it; that equals rendering every caption."""
+    from pipeline.evaluate import ground_truth_objects
+    from pipeline.nerf.cameras import orbit_cameras
+    from pipeline.train import Model
+    from pipeline.views import eval_azimuths, render_views
+
+    cfg = from_dict({"views": {"resolution": 16, "samples": 24, "azimuths": 3}})
+    captions = ["a red cube.", "an orange torus.", "a blue cube."]
+    objects = ground_truth_objects(cfg, captions)
+    cams = orbit_cameras(cfg.camera, eval_azimuths(3))
+    for text, obj in zip(captions, objects, strict=True):
+        colour, shape = parse_caption(text)
+        model = Model(cfg)
+        model.field = PrimitiveField(shape, COLOURS[colour], bound=cfg.nerf.bound)
+        direct = render_views(model, cfg, cams, 16, 24)
+        assert obj["text"] == text
+        torch.testing.assert_close(obj["views"]["color"], direct["color"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(obj["views"]["geo"], direct["textureless"], atol=1e-6, rtol=0)

@@ -36,6 +36,10 @@ class Cameras:
     def to(self, device: torch.device) -> Cameras:
         return Cameras(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
+    def __getitem__(self, index: slice) -> Cameras:
+        """The cameras `index` selects (a slice), e.g. for rendering in chunks."""
+        return Cameras(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
 
 def view_suffix(elevation: float, azimuth: float) -> str:
     """Paper / threestudio rule: overhead above 60° elevation; front within ±45° of 0°, back within ±45° of 180°."""

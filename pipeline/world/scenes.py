@@ -18,7 +18,7 @@ from torch import Tensor
 from pipeline.config import Config
 from pipeline.nerf.cameras import Cameras, sample_cameras, view_suffix
 from pipeline.nerf.field import Field
-from pipeline.nerf.renderer import Background, Shading, render
+from pipeline.nerf.renderer import Background, Shading, render_chunked
 
 SHAPES = ["sphere", "cube", "cylinder", "cone", "torus", "pyramid"]
 COLOURS = {
@@ -116,22 +116,17 @@ def render_shape(
     field = PrimitiveField(shape, bound=cfg.nerf.bound)
     bg = Background(cfg.render)
     cams = sample_cameras(cfg.camera, n, generator) if cams is None else cams
-    whites, opac = [], []
-    with torch.no_grad():
-        for i in range(0, n, chunk):
-            sub = Cameras(*(getattr(cams, f)[i : i + chunk] for f in cams.__dataclass_fields__))
-            out = render(
-                field,
-                sub,
-                cfg.world.resolution,
-                cfg.render.samples,
-                Shading.lit(len(sub), cfg.shading),
-                bg,
-                normal_eps=cfg.render.normal_eps,
-            )
-            whites.append(out.foreground)
-            opac.append(out.opacity)
-    return ShapeRenders(torch.cat(whites), torch.cat(opac), cams)
+    out = render_chunked(
+        field,
+        cams,
+        cfg.world.resolution,
+        cfg.render.samples,
+        Shading.lit(n, cfg.shading),
+        bg,
+        chunk,
+        normal_eps=cfg.render.normal_eps,
+    )
+    return ShapeRenders(out.foreground, out.opacity, cams)
 
 
 def colourise(r: ShapeRenders, colour: tuple[float, float, float], mode: str, background: list[float]) -> Tensor:
