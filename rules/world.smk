@@ -1,11 +1,14 @@
 # The bundled offline world's weights. Not part of `all`; regenerate everything from scratch with
 #   snakemake bundled_models --forceall --cores 2      (~2.5 h on 2 CPU cores)
+# Their inputs are ancient(): the weights are committed, and a fresh clone checks models/ out before params.yaml,
+# so by modification time every clone would look outdated and retrain them (and delete the committed files).
+# They run only when their outputs are missing or when forced.
 
 
 rule train_evaluator:
     """The tiny CLIP evaluator (clip-anytorch state dict), trained on held-out world renders."""
     input:
-        "params.yaml",
+        ancient("params.yaml"),
     output:
         model="models/world-clip/world-clip.pt",
         record="models/world-clip/world-clip.train.json",
@@ -22,7 +25,7 @@ rule train_world_unet:
     """The learned prior (diffusers pipeline directory), trained on the world bank for a fixed number of steps
     (checkpointed: a killed job resumes where it stopped)."""
     input:
-        "params.yaml",
+        ancient("params.yaml"),
     output:
         index="models/world-unet/model_index.json",
         record="models/world-unet/train.json",
@@ -41,9 +44,9 @@ rule train_world_unet:
 rule measure_world:
     """The quality bars of the model cards (evaluator, prior samples, 2D SDS)."""
     input:
-        params="params.yaml",
-        clip="models/world-clip/world-clip.pt",
-        unet=rules.train_world_unet.output.record,
+        params=ancient("params.yaml"),
+        clip=ancient("models/world-clip/world-clip.pt"),
+        unet=ancient(rules.train_world_unet.output.record),
     output:
         world="models/world-clip/quality.json",
         unet="models/world-unet/quality.json",

@@ -117,3 +117,21 @@ def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     sh("dvc", "pull", cwd=clone)
     assert (clone / "reports/primitives/metrics.json").read_text() == baseline
     assert list((clone / "results/primitives").glob("*/*/seed0/model.safetensors"))
+
+
+@pytest.mark.parametrize("preset", [None, "configs/compare-priors.yaml"])
+def test_fresh_clone_does_not_retrain_committed_weights(workdir, preset):
+    """git checks out models/ before params.yaml, so by mtime a fresh clone's weights look older than their inputs;
+    the default run (and a learned-prior run) must still use the committed weights, never retrain them."""
+    import time
+
+    t0 = time.time() - 100
+    for path in (workdir / "models").rglob("*"):
+        os.utime(path, (t0, t0))
+    os.utime(workdir / "params.yaml", (t0 + 50, t0 + 50))
+    args = ["-n"] + (["--configfile", preset] if preset else [])
+    out = run_snakemake(workdir, *args).stdout
+    table = out[out.index("Job stats:") : out.index("total", out.index("Job stats:"))]
+    scheduled = {line.split()[0] for line in table.splitlines()[3:] if line.strip()}
+    assert "train" in scheduled and "evaluate" in scheduled, table
+    assert not scheduled & {"train_evaluator", "train_world_unet", "measure_world"}, table

@@ -109,7 +109,7 @@ class RenderOutput:
 
 def unit(v: Tensor, eps: float = 1e-8) -> Tensor:
     """v / max(‖v‖, eps) over the last axis, as `F.normalize` but through rsqrt of the summed squares: on CPU,
-    `linalg.vector_norm` over an axis of 3 is slow (fwd + bwd 11.1 → 7.3 ms on 786k vectors, benchmarks/RESULTS.md)."""
+    `linalg.vector_norm` over an axis of 3 is slow (fwd + bwd 11.1 → 7.3 ms on 197k vectors, benchmarks/RESULTS.md)."""
     return v * (v * v).sum(-1, keepdim=True).clamp(min=eps * eps).rsqrt()
 
 
