@@ -15,8 +15,9 @@ Runs `--steps` training steps of configs/sd21-coco153.yaml or configs/if-coco153
 per-step breakdown, the projected time for 10k steps and peak GPU memory during training; then it times the later
 stages for that object (`--stages`): mesh extraction, the evaluation views and CLIP R-precision with the paper's three
 CLIP architectures (random weights, loaded through `clip.load`). `--compile` runs torch.compile on the UNet;
-`--cuda-graphs` compiles it with mode="reduce-overhead", which captures CUDA graphs (the UNet's shapes are static
-within a run, so one graph is recorded and replayed every step). On a CPU it runs too (slowly), to check the script:
+`--cuda-graphs` compiles it with mode="reduce-overhead", which captures CUDA graphs: the UNet's shapes are static
+within a run, so one graph is recorded and replayed every step (in a pipeline config both are `guidance.compile`).
+On a CPU it runs too (slowly), to check the script:
 
     python benchmarks/bench_sds_gpu.py --setup sd21 --steps 200 [--dtype float16] [--compile | --cuda-graphs]
     python benchmarks/bench_sds_gpu.py --setup if --steps 200 --dtype float16 [--model <local IF-I-XL dir>]
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import from_dict  # noqa: E402
+from pipeline.guidance import compile_unet  # noqa: E402
 from pipeline.guidance.base import pick_dtype  # noqa: E402
 
 
@@ -193,7 +195,8 @@ def main() -> None:
     preset_path = "configs/sd21-coco153.yaml" if args.setup == "sd21" else "configs/if-coco153.yaml"
     preset = yaml.safe_load((ROOT / preset_path).read_text())
     preset["train"].update(steps=args.steps, checkpoint_every=10**6, preview_every=10**6)
-    preset["guidance"].update(dtype=args.dtype)
+    mode = "reduce-overhead" if args.cuda_graphs else "default" if args.compile else "off"
+    preset["guidance"].update(dtype=args.dtype, compile=mode)
     if args.setup == "sd21":
         preset["guidance"]["latent_resolution"] = args.latent_resolution
     preset["tracking"] = {"enabled": False}
@@ -210,12 +213,8 @@ def main() -> None:
     else:
         guidance = if_stage1_random(device, dtype, args.if_channels, args.small_text_encoder)
     unet_params = sum(p.numel() for p in guidance.unet.parameters())
-    if args.cuda_graphs:
-        if device.type != "cuda":
-            raise SystemExit("--cuda-graphs needs a CUDA GPU (CUDA graphs do not exist on CPU); use --compile")
-        guidance.unet = torch.compile(guidance.unet, mode="reduce-overhead")
-    elif args.compile:
-        guidance.unet = torch.compile(guidance.unet)
+    if not args.model:  # build_guidance applied guidance.compile already
+        guidance = compile_unet(guidance, cfg.guidance.compile, device)
     from pipeline.train import train
 
     if device.type == "cuda":
@@ -239,7 +238,7 @@ def main() -> None:
         "setup": args.setup if not args.model else f"{args.setup} ({args.model})",
         "unet_params_b": round(unet_params / 1e9, 3),
         "dtype": str(dtype),
-        "compile": "cuda-graphs" if args.cuda_graphs else args.compile,
+        "compile": cfg.guidance.compile,
         "steps": args.steps,
         "wall_s": round(wall, 1),
         "steps_per_s": round(m["steps_per_second"], 3),

@@ -73,6 +73,9 @@ class GuidanceConfig:
     """Guidance model dtype; auto = fp16 on a GPU, fp32 on a CPU."""
     latent_resolution: int = field(default=512, metadata=_range(8))
     """Latent models: renders are resized to this many pixels before the VAE encoder (SD 2.1-base: 512)."""
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
+    """torch.compile the U-Net of a diffusers prior: default fuses kernels; reduce-overhead also records CUDA graphs
+    (CUDA only; the U-Net's shapes are fixed within a run). Measure first: benchmarks/bench_sds_gpu.py."""
 
 
 @dataclass
@@ -428,6 +431,11 @@ def _check_semantics(cfg: Config, src: str) -> None:
         raise ConfigError(
             f"{src}: world.resolution ({cfg.world.resolution}) must equal render.resolution "
             f"({cfg.render.resolution}) for the closed-form world prior"
+        )
+    if cfg.guidance.compile != "off" and cfg.guidance.name == "world":
+        raise ConfigError(
+            f"{src}: guidance.compile={cfg.guidance.compile} applies to U-Net priors (world-unet, stable-diffusion, "
+            "deepfloyd-if); the closed-form world prior has no network to compile: set guidance.compile: off"
         )
     if not cfg.evaluate.clip_models:
         raise ConfigError(f"{src}: evaluate.clip_models must name at least one CLIP model")

@@ -94,3 +94,42 @@ def test_dtype_policy():
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert pick_dtype("auto", torch.device("cuda")) == torch.float16
     assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_compile_setting_wraps_the_unet_and_refuses_cuda_graphs_on_cpu(tiny_dirs, monkeypatch):
+    from pipeline.config import ConfigError
+
+    _, if_dir = tiny_dirs
+    cpu = torch.device("cpu")
+    calls = []
+
+    def fake_compile(module, mode=None):
+        calls.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    plain = build_guidance(from_dict({"guidance": {"name": "deepfloyd-if", "model": str(if_dir)}}), cpu)
+    assert calls == []
+    cfg = from_dict({"guidance": {"name": "deepfloyd-if", "model": str(if_dir), "compile": "default"}})
+    compiled = build_guidance(cfg, cpu)
+    assert calls == [None] and type(compiled.unet) is type(plain.unet)
+    cfg = from_dict({"guidance": {"name": "deepfloyd-if", "model": str(if_dir), "compile": "reduce-overhead"}})
+    with pytest.raises(GuidanceLoadError, match="guidance.compile=reduce-overhead.*CUDA device"):
+        build_guidance(cfg, cpu)
+    with pytest.raises(ConfigError, match="guidance.compile=default applies to U-Net priors"):
+        from_dict({"guidance": {"name": "world", "compile": "default"}})
+
+
+@pytest.mark.slow
+def test_compiled_unet_predicts_the_same_noise(tiny_dirs):
+    """torch.compile (inductor on CPU) gives the eager U-Net's ε to float tolerance."""
+    _, if_dir = tiny_dirs
+    cpu = torch.device("cpu")
+    eager = build_guidance(from_dict({"guidance": {"name": "deepfloyd-if", "model": str(if_dir)}}), cpu)
+    cfg = from_dict({"guidance": {"name": "deepfloyd-if", "model": str(if_dir), "compile": "default"}})
+    compiled = build_guidance(cfg, cpu)
+    x = eager.encode(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    t = torch.tensor([100, 800])
+    args = (x, t, eager.embed(["a", "b"]), eager.embed(["", ""]))
+    for a, b in zip(eager.predict_noise(*args), compiled.predict_noise(*args), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -9,7 +9,7 @@ import torch
 from pipeline.config import Config
 from pipeline.guidance.base import Guidance, GuidanceLoadError, pick_dtype
 
-__all__ = ["Guidance", "GuidanceLoadError", "build_guidance"]
+__all__ = ["Guidance", "GuidanceLoadError", "build_guidance", "compile_unet"]
 
 WORLD_UNET_DIR = "models/world-unet"
 
@@ -26,13 +26,29 @@ def build_guidance(cfg: Config, device: torch.device, world_bank: str | Path | N
     if g.name == "world-unet":
         from pipeline.guidance.diffusers_prior import PixelDiffusersGuidance
 
-        return PixelDiffusersGuidance(g.model or WORLD_UNET_DIR, device, dtype)
-    if g.name == "stable-diffusion":
+        guidance = PixelDiffusersGuidance(g.model or WORLD_UNET_DIR, device, dtype)
+    elif g.name == "stable-diffusion":
         from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
 
-        return StableDiffusionGuidance(g.model, device, dtype, g.latent_resolution)
-    if g.name == "deepfloyd-if":
+        guidance = StableDiffusionGuidance(g.model, device, dtype, g.latent_resolution)
+    elif g.name == "deepfloyd-if":
         from pipeline.guidance.deepfloyd_if import DeepFloydIFGuidance
 
-        return DeepFloydIFGuidance(g.model, device, dtype)
-    raise ValueError(f"unknown guidance.name {g.name!r}")
+        guidance = DeepFloydIFGuidance(g.model, device, dtype)
+    else:
+        raise ValueError(f"unknown guidance.name {g.name!r}")
+    return compile_unet(guidance, g.compile, device)
+
+
+def compile_unet(guidance: Guidance, mode: str, device: torch.device) -> Guidance:
+    """Apply `guidance.compile` to a diffusers prior's U-Net: off, default (torch.compile) or reduce-overhead
+    (torch.compile with CUDA graphs, which exist only on CUDA devices)."""
+    if mode == "off":
+        return guidance
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise GuidanceLoadError(
+            f"guidance.compile=reduce-overhead records CUDA graphs, which need a CUDA device (this run is on "
+            f"{device.type}); use guidance.compile: default or off"
+        )
+    guidance.unet = torch.compile(guidance.unet, mode=None if mode == "default" else mode)
+    return guidance
