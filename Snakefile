@@ -16,8 +16,13 @@ include: "rules/evaluate.smk"
 include: "rules/world.smk"
 
 
+localrules:
+    track,
+
+
 rule all:
     input:
         f"{REPORT}/index.html",
+        [f"{REPORT}/mlflow.json"] if CFG.tracking.enabled else [],
         f"{REPORT}/metrics.json",
         [f for v in VARIANTS for f in objects(v, "mesh.glb")],

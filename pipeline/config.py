@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -315,16 +316,41 @@ def _type_name(tp: Any) -> str:
     return {float: "a number", int: "an integer", str: "a string", bool: "true/false"}.get(tp, str(tp))
 
 
+def _from_string(tp: Any, value: str) -> Any:
+    """Snakemake hands nested `--config key={...}` values over as strings, and PyYAML reads `1e-3` as one: parse a
+    string the way YAML (and Python, for floats like 1e-3) would when the field is not a string. Unparseable text is
+    returned unchanged, so the caller's type error names it."""
+    if tp is str or typing.get_origin(tp) is Literal:
+        return value
+    text = value.strip()
+    if tp in (float, Scheduled):
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return value
+    return value if isinstance(parsed, str) else parsed
+
+
 def _coerce(tp: Any, value: Any, key: str, src: str) -> Any:
     """Return ``value`` checked against type ``tp``; raise ConfigError naming ``key`` otherwise."""
+    if isinstance(value, str):
+        value = _from_string(tp, value)
     bad = ConfigError(f"{src}: {key} must be {_type_name(tp)}, got {value!r}")
     origin = typing.get_origin(tp)
     if tp is Scheduled:
+        if isinstance(value, list):
+            value = [_from_string(float, v) if isinstance(v, str) else v for v in value]
         if isinstance(value, bool):
             raise bad
         if isinstance(value, (int, float)):
-            return float(value)
+            return _finite(float(value), key, src)
         if isinstance(value, list) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
+            for v in value:
+                _finite(float(v), key, src)
             if value[3] < value[0]:
                 raise ConfigError(f"{src}: {key} schedule needs end_step >= start_step, got {value!r}")
             return [float(v) for v in value]
@@ -353,12 +379,18 @@ def _coerce(tp: Any, value: Any, key: str, src: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        return _finite(float(value), key, src)
     if tp is str:
         if not isinstance(value, str):
             raise bad
         return value
     raise TypeError(f"unsupported config type {tp}")
+
+
+def _finite(value: float, key: str, src: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{src}: {key} must be a finite number, got {value!r}")
+    return value
 
 
 def _check_range(meta: dict[str, Any], value: Any, key: str, src: str) -> None:
@@ -373,6 +405,8 @@ def _check_range(meta: dict[str, Any], value: Any, key: str, src: str) -> None:
 
 
 def _build(cls: type, data: Any, prefix: str, src: str) -> Any:
+    if isinstance(data, str):  # a whole section from `--config section={...}`
+        data = _from_string(dict, data)
     if not isinstance(data, dict):
         raise ConfigError(f"{src}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -390,7 +424,7 @@ def _build(cls: type, data: Any, prefix: str, src: str) -> Any:
             kwargs[name] = _build(tp, value, key + ".", src)
         else:
             kwargs[name] = _coerce(tp, value, key, src)
-            _check_range(dict(fields[name].metadata), value, key, src)
+            _check_range(dict(fields[name].metadata), kwargs[name], key, src)
     return cls(**kwargs)
 
 

@@ -279,10 +279,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     atomic_write_json(args.out, result)
     atomic_write_text(Path(args.out).with_suffix(".csv"), per_object_csv(result["objects"]))
-    if not args.ground_truth:
-        from pipeline.tracking import log_evaluation
-
-        log_evaluation(cfg, Path(args.out).parent.name, result)
     print(json.dumps(result["models"]))
 
 

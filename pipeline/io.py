@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader never sees a half-written result, and a crash keeps the previous version."""
+"""Atomic file writes: a reader never sees a half-written result, and a crash keeps the previous version.
+
+Files get the permissions an ordinary `open()` would give (0666 minus the process umask), so teammates, web servers
+and cluster jobs under other users can read results; the folder is fsynced after the rename so the new name
+survives a power loss."""
 
 from __future__ import annotations
 
@@ -23,9 +27,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600 whatever the umask
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process umask: from /proc on Linux (thread-safe), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make a rename inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.clip_loader import short_name as _short
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 
 PAPER_TABLE1 = [
@@ -41,11 +42,6 @@ def bootstrap_ci(values: np.ndarray, n: int, seed: int, level: float = 0.95) -> 
     means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(1)
     a = (1 - level) / 2
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
-def _short(name: str) -> str:
-    """A CLIP model's short name: a checkpoint path's stem, or the clip-anytorch name itself (ViT-B/32)."""
-    return Path(name).stem if Path(name).suffix in (".pt", ".pth") else name
 
 
 def _pct(x: Any) -> str:

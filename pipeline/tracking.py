@@ -1,38 +1,69 @@
-"""MLflow tracking: one experiment per benchmark, a parent run per variant, a child run per (prompt, seed).
+"""MLflow tracking that cannot race: jobs write files, one local process logs them.
 
-Child runs hold the resolved params, per-step losses and timings, final metrics, previews, the turntable and the
-mesh; evaluation metrics land on the child runs (per object) and on the parent (the variant's R-precision). Tags:
-git SHA, params hash, variant, prompt id, seed, CFG convention.
+Design (why): MLflow's SQLite store runs its schema migrations the first time a process opens a new database; two
+processes doing so at once leave it half-migrated for good, and SQLite with `fcntl` locks is unsafe on a cluster's
+shared filesystem. So no training, mesh, views or evaluation job ever opens the store. They write their records as
+files (`metrics.json`, `log.jsonl`, `previews/`, `mesh.*`, `turntable.*`, `sheet.png`, `rprecision.json`), and the
+`track` rule (a Snakemake *localrule*: one job, on the submitting machine, after the report) logs them with
+:func:`log_benchmark`. A failure there cannot touch a training result: the files stay, and a rerun only re-runs
+`track`. A new SQLite store is created in a temporary file and renamed into place, so a kill mid-creation leaves
+nothing behind; every write is also under a file lock, for two workflows sharing one store on one machine.
 
-Store: `tracking.uri`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory (MLflow 3's
-default). Parallel Snakemake jobs share the store: every write happens under an exclusive file lock next to the
-SQLite file (or in the working directory), and per-step metrics are buffered and written in batches, so runs are
-neither lost nor duplicated. `tracking.enabled: false` switches all of it off.
+Live logging: when `tracking.uri` (or $MLFLOW_TRACKING_URI) is a server (http/https), a training job also creates
+its child run and logs per-step losses while it trains (a server serialises its own writes); it records the run id
+in `tracking.json` and `track` completes that run instead of making another. Any tracking error in a job is a
+warning, never a failed job.
+
+Layout: one experiment per benchmark, a parent run per variant (resolved params, R-precision), a child run per
+(prompt, seed) (params, per-step losses, timings, final metrics, previews, turntable, mesh, per-object scores).
+Per-object constants (seed, guidance scale, convention, device) are params or tags, not metrics. Tags: git SHA,
+params hash, variant, prompt id, seed, CFG convention, and `results_dir`, the object's folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
+import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.config import load as load_config
+from pipeline.io import atomic_write_json, current_umask, fsync_dir
 
 PARENT, CHILD = "variant", "object"
+LIVE_RECORD = "tracking.json"
+"""Written by a training job that logged live to a server: {"run_id": ...}."""
+OBJECT_ARTIFACTS = ("turntable.mp4", "turntable.gif", "sheet.png", "mesh.glb", "mesh.ply", "mesh.json", "views.json")
+PARAM_KEYS = ("seed", "guidance_scale", "cfg_convention", "device", "steps", "resumed_from", "config_digest")
+"""metrics.json entries that are per-object constants: logged as params, never as metrics."""
 
 
 def tracking_uri(cfg: Config) -> str:
     return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server serialises writes itself, so jobs may log to it while they run."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 @contextmanager
 def _locked(uri: str) -> Iterator[None]:
-    lock = Path(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else Path(".mlflow.lock")
+    db = _sqlite_path(uri)
+    lock = db.with_name(db.name + ".lock") if db else Path(tempfile.gettempdir()) / "dreamfusion-mlflow.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -42,14 +73,38 @@ def _locked(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _client(cfg: Config):
+def _new_client(uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-    import mlflow
     from mlflow.tracking import MlflowClient
 
+    return MlflowClient(uri)
+
+
+def ensure_store(uri: str) -> None:
+    """Create a missing SQLite store atomically (migrated in a temp file, then renamed); call under the lock."""
+    db = _sqlite_path(uri)
+    if db is None or db.exists():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{db.name}.", suffix=".creating", dir=db.parent)
+    os.close(fd)
+    os.unlink(tmp)  # MLflow must create the file itself
+    try:
+        client = _new_client(f"sqlite:///{tmp}")
+        client.search_experiments()  # runs the migrations
+        client._tracking_client.store.engine.dispose()
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, db)
+        fsync_dir(db.parent)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def client_for(cfg: Config):
+    """(MlflowClient, uri) with the store guaranteed to exist; call under :func:`_locked`."""
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri), uri
+    ensure_store(uri)
+    return _new_client(uri), uri
 
 
 def _experiment(client, name: str) -> str:
@@ -57,10 +112,9 @@ def _experiment(client, name: str) -> str:
     return exp.experiment_id if exp else client.create_experiment(name)
 
 
-def _find(client, exp_id: str, **tags: str):
+def _find_all(client, exp_id: str, **tags: str) -> list:
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-    runs = client.search_runs([exp_id], filter_string=query, max_results=2)
-    return runs[0] if runs else None
+    return client.search_runs([exp_id], filter_string=query, max_results=1000)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -73,151 +127,224 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def parent_run(client, cfg: Config, variant: str) -> str:
-    """Find or create the variant's parent run (call under the lock)."""
-    exp_id = _experiment(client, cfg.prompts.benchmark)
-    run = _find(client, exp_id, kind=PARENT, variant=variant)
-    if run:
-        return run.info.run_id
-    run = client.create_run(
-        exp_id,
-        run_name=variant,
-        tags={
-            "kind": PARENT,
-            "variant": variant,
-            "params_hash": cfg.digest(),
-            "cfg_convention": cfg.guidance.convention,
-        },
-    )
+def _log_params(client, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 
-    params = [Param(k, v) for k, v in _flatten(cfg.to_dict()).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[i : i + 100])
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
-def child_run(client, cfg: Config, variant: str, prompt_id: str, seed: int) -> str | None:
-    """The run id of an object's child run, or None if it has none."""
-    exp_id = _experiment(client, cfg.prompts.benchmark)
-    run = _find(client, exp_id, kind=CHILD, variant=variant, prompt_id=prompt_id, seed=str(seed))
-    return run.info.run_id if run else None
+def _log_metrics(client, run_id: str, metrics: list) -> None:
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _object_tags(cfg: Config, variant: str, prompt_id: str, seed: int, text: str, folder: Path) -> dict[str, str]:
+    from pipeline.train import git_sha
+
+    return {
+        "kind": CHILD,
+        "variant": variant,
+        "prompt_id": prompt_id,
+        "seed": str(seed),
+        "prompt": text,
+        "git_sha": git_sha(),
+        "params_hash": cfg.digest(),
+        "cfg_convention": cfg.guidance.convention,
+        "results_dir": str(folder.resolve()),
+    }
+
+
+# --------------------------------------------------------------------------- live logging (server only)
 
 
 @contextmanager
-def tracked_training(
+def live_training(
     cfg: Config, prompt_id: str, text: str, seed: int, out: Path
 ) -> Iterator[Callable[[int, dict[str, float]], None] | None]:
-    """Context for one training job: yields a per-step hook (or None when tracking is off); on exit logs the
-    buffered step metrics, final metrics and artifacts to the (prompt, seed) child run."""
-    if not cfg.tracking.enabled:
+    """For a tracking server only: a per-step hook that logs losses live to the object's child run (flushed in
+    batches); the run id goes to `out/tracking.json` for :func:`log_benchmark`. Yields None otherwise. Errors are
+    warnings: tracking never fails a training job."""
+    uri = tracking_uri(cfg)
+    (out / LIVE_RECORD).unlink(missing_ok=True)  # a record from an earlier run of this object is stale
+    if not (cfg.tracking.enabled and is_server(uri)):
         yield None
         return
-    from mlflow.entities import Metric, Param
+    try:
+        from mlflow.entities import Metric
 
-    from pipeline.train import git_sha
-
-    variant = out.resolve().parents[1].name
-    client, uri = _client(cfg)
-    with _locked(uri):
-        parent = parent_run(client, cfg, variant)
+        client = _new_client(uri)
         exp_id = _experiment(client, cfg.prompts.benchmark)
-        old = child_run(client, cfg, variant, prompt_id, seed)
-        if old:  # a re-run replaces the earlier record of this object
-            client.delete_run(old)
-        run = client.create_run(
-            exp_id,
-            run_name=f"{prompt_id}/seed{seed}",
-            tags={
-                "mlflow.parentRunId": parent,
-                "kind": CHILD,
-                "variant": variant,
-                "prompt_id": prompt_id,
-                "seed": str(seed),
-                "prompt": text,
-                "git_sha": git_sha(),
-                "params_hash": cfg.digest(),
-                "cfg_convention": cfg.guidance.convention,
-            },
-        )
-        run_id = run.info.run_id
-        params = [Param(k, v) for k, v in _flatten(cfg.to_dict()).items()]
-        for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i : i + 100])
+        variant = out.resolve().parents[1].name
+        tags = _object_tags(cfg, variant, prompt_id, seed, text, out) | {"live": "true"}
+        run_id = client.create_run(exp_id, run_name=f"{prompt_id}/seed{seed}", tags=tags).info.run_id
+        atomic_write_json(out / LIVE_RECORD, {"run_id": run_id, "uri": uri})
+    except Exception as exc:  # tracking must never fail training
+        warnings.warn(f"live MLflow logging to {uri} disabled: {exc}", stacklevel=2)
+        yield None
+        return
     buffer: list[Any] = []
+
+    def flush() -> None:
+        try:
+            _log_metrics(client, run_id, buffer)
+        except Exception as exc:  # a lost live batch is logged again by `track`
+            warnings.warn(f"MLflow: could not log {len(buffer)} step metrics live ({exc})", stacklevel=2)
+        buffer.clear()
 
     def hook(step: int, metrics: dict[str, float]) -> None:
         ts = int(time.time() * 1000)
         buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step")
+        if len(buffer) >= 1000:
+            flush()
 
-    status = "FAILED"
-    try:
-        yield hook
-        status = "FINISHED"
-    finally:
-        with _locked(uri):
-            for i in range(0, len(buffer), 1000):
-                client.log_batch(run_id, metrics=buffer[i : i + 1000])
-            mfile = out / "metrics.json"
-            if mfile.exists():
-                final = json.loads(mfile.read_text())
-                flat = {k: v for k, v in _flatten(final).items() if _is_number(v)}
-                client.log_batch(run_id, metrics=[Metric(f"final.{k}", float(v), 0, 0) for k, v in flat.items()])
-                client.log_artifact(run_id, str(mfile))
-            if (out / "previews").is_dir():
-                client.log_artifacts(run_id, str(out / "previews"), "previews")
-            client.set_terminated(run_id, status)
+    yield hook
+    flush()
 
 
-def _is_number(v: str) -> bool:
-    try:
-        float(v)
-        return True
-    except ValueError:
-        return False
+# --------------------------------------------------------------------------- logging the records (track rule)
 
 
-def log_object_artifacts(cfg: Config, variant: str, prompt_id: str, seed: int, files: list[Path]) -> None:
-    """Attach mesh / turntable / sheet files to the object's child run (no-op if tracking is off or no run)."""
-    if not cfg.tracking.enabled:
-        return
-    client, uri = _client(cfg)
-    with _locked(uri):
-        run_id = child_run(client, cfg, variant, prompt_id, seed)
-        if run_id:
-            for f in files:
-                if f.exists():
-                    client.log_artifact(run_id, str(f), "object")
+def _object_run(client, exp_id: str, parent: str, cfg: Config, variant: str, folder: Path, text: str) -> str:
+    """The object's child run: the live run recorded in tracking.json, else a new one (replacing older records)."""
+    prompt_id, seed = folder.parent.name, int(folder.name.removeprefix("seed"))
+    live = folder / LIVE_RECORD
+    old = _find_all(client, exp_id, kind=CHILD, variant=variant, prompt_id=prompt_id, seed=str(seed))
+    keep = json.loads(live.read_text())["run_id"] if live.exists() else None
+    for run in old:
+        if run.info.run_id != keep:
+            client.delete_run(run.info.run_id)
+    if keep and any(r.info.run_id == keep for r in old):
+        client.set_tag(keep, "mlflow.parentRunId", parent)
+        client.set_tag(keep, "results_dir", str(folder.resolve()))
+        return keep
+    tags = _object_tags(cfg, variant, prompt_id, seed, text, folder) | {"mlflow.parentRunId": parent}
+    run_id = client.create_run(exp_id, run_name=f"{prompt_id}/seed{seed}", tags=tags).info.run_id
+    _log_params(client, run_id, _flatten(cfg.to_dict()))
+    return run_id
 
 
-def log_evaluation(cfg: Config, variant: str, result: dict[str, Any]) -> None:
-    """Per-object scores on the child runs; the variant's R-precision on the parent run."""
-    if not cfg.tracking.enabled:
-        return
+def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
     from mlflow.entities import Metric
 
-    from pipeline.report import _short
-
-    client, uri = _client(cfg)
+    record = json.loads((folder / "metrics.json").read_text())
     ts = int(time.time() * 1000)
-    with _locked(uri):
-        parent = parent_run(client, cfg, variant)
-        summary = [
-            Metric(f"rprecision.{_short(clip)}.{mode}", float(v["r_precision"]), ts, 0)
-            for clip, modes in result["models"].items()
-            for mode, v in modes.items()
+    if not live and (folder / "log.jsonl").exists():
+        steps = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
+        history = [
+            Metric(k, float(v), ts, s["step"]) for s in steps for k, v in s.items() if k != "step" and _number(v)
         ]
-        summary += [
-            Metric(f"rprecision_stderr.{_short(clip)}.{mode}", float(v["stderr"]), ts, 0)
-            for clip, modes in result["models"].items()
-            for mode, v in modes.items()
-        ]
-        client.log_batch(parent, metrics=summary)
-        for o in result["objects"]:
-            run_id = child_run(client, cfg, variant, o["prompt_id"], o["seed"])
-            if run_id:
-                ms = [Metric(f"rprecision.{_short(o['clip'])}.{o['mode']}", float(o["score"]), ts, 0)]
-                if "shape_score" in o:
-                    ms.append(Metric(f"rprecision.{_short(o['clip'])}.geo_shape", float(o["shape_score"]), ts, 0))
-                client.log_batch(run_id, metrics=ms)
+        _log_metrics(client, run_id, history)
+    _log_params(client, run_id, {f"object.{k}": str(record[k]) for k in PARAM_KEYS if k in record})
+    measured = {k: v for k, v in _flatten({k: v for k, v in record.items() if k not in PARAM_KEYS}).items()}
+    final = [Metric(f"final.{k}", float(v), ts, 0) for k, v in measured.items() if _float(v) is not None]
+    _log_metrics(client, run_id, final)
+    client.log_artifact(run_id, str(folder / "metrics.json"))
+    if (folder / "previews").is_dir():
+        client.log_artifacts(run_id, str(folder / "previews"), "previews")
+    for name in OBJECT_ARTIFACTS:
+        if (folder / name).exists():
+            client.log_artifact(run_id, str(folder / name), "object")
+
+
+def _float(v: str) -> float | None:
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _log_evaluation(client, parent: str, runs: dict[tuple[str, int], str], result: dict[str, Any]) -> None:
+    from mlflow.entities import Metric
+
+    from pipeline.clip_loader import short_name as _short
+
+    ts = int(time.time() * 1000)
+    summary = []
+    for clip, modes in result["models"].items():
+        for mode, v in modes.items():
+            summary.append(Metric(f"rprecision.{_short(clip)}.{mode}", float(v["r_precision"]), ts, 0))
+            summary.append(Metric(f"rprecision_stderr.{_short(clip)}.{mode}", float(v["stderr"]), ts, 0))
+    _log_metrics(client, parent, summary)
+    per_run: dict[str, list] = {}
+    for o in result["objects"]:
+        run_id = runs.get((o["prompt_id"], o["seed"]))
+        if run_id is None:
+            continue
+        ms = per_run.setdefault(run_id, [])
+        ms.append(Metric(f"rprecision.{_short(o['clip'])}.{o['mode']}", float(o["score"]), ts, 0))
+        if "shape_score" in o:
+            ms.append(Metric(f"rprecision.{_short(o['clip'])}.geo_shape", float(o["shape_score"]), ts, 0))
+    for run_id, ms in per_run.items():
+        _log_metrics(client, run_id, ms)
+
+
+def log_variant(client, cfg: Config, variant_dir: Path, texts: dict[str, str]) -> dict[str, Any]:
+    """Log one variant's records (its config.yaml, objects and rprecision.json); return {parent, objects}."""
+    from mlflow.entities import RunStatus
+
+    variant = variant_dir.name
+    exp_id = _experiment(client, cfg.prompts.benchmark)
+    parents = _find_all(client, exp_id, kind=PARENT, variant=variant)
+    for run in parents:
+        client.delete_run(run.info.run_id)
+    tags = {
+        "kind": PARENT,
+        "variant": variant,
+        "params_hash": cfg.digest(),
+        "cfg_convention": cfg.guidance.convention,
+        "results_dir": str(variant_dir.resolve()),
+    }
+    parent = client.create_run(exp_id, run_name=variant, tags=tags).info.run_id
+    _log_params(client, parent, _flatten(cfg.to_dict()))
+    runs: dict[tuple[str, int], str] = {}
+    for metrics in sorted(variant_dir.glob("*/seed*/metrics.json")):
+        folder = metrics.parent
+        key = (folder.parent.name, int(folder.name.removeprefix("seed")))
+        run_id = _object_run(client, exp_id, parent, cfg, variant, folder, texts.get(key[0], ""))
+        _log_object(client, run_id, folder, live=(folder / LIVE_RECORD).exists())
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        runs[key] = run_id
+    rp = variant_dir / "rprecision.json"
+    if rp.exists():
+        _log_evaluation(client, parent, runs, json.loads(rp.read_text()))
+    client.set_terminated(parent, "FINISHED")
+    return {"parent": parent, "objects": {f"{p}/seed{s}": r for (p, s), r in runs.items()}}
+
+
+def log_benchmark(variant_dirs: list[Path], prompts: Path, out: Path) -> dict[str, Any]:
+    """The `track` rule: log every variant's records to MLflow in this one process; write {variant: run ids}."""
+    texts = {p["id"]: p["text"] for p in json.loads(prompts.read_text())["prompts"]}
+    record: dict[str, Any] = {"variants": {}}
+    cfgs = {d: load_config(d / "config.yaml") for d in variant_dirs}
+    enabled = [d for d, c in cfgs.items() if c.tracking.enabled]
+    if enabled:
+        cfg0 = cfgs[enabled[0]]
+        with _locked(tracking_uri(cfg0)):
+            client, uri = client_for(cfg0)
+            record["uri"] = uri
+            record["experiment"] = cfg0.prompts.benchmark
+            for d in enabled:
+                record["variants"][d.name] = log_variant(client, cfgs[d], d, texts)
+    atomic_write_json(out, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Log a benchmark's result files to MLflow (the `track` rule).")
+    ap.add_argument("--variants", nargs="+", required=True, help="results/<bench>/<variant> folders")
+    ap.add_argument("--prompts", required=True, help="prompts.json")
+    ap.add_argument("--out", required=True, help="JSON record of the run ids written")
+    args = ap.parse_args(argv)
+    record = log_benchmark([Path(v) for v in args.variants], Path(args.prompts), Path(args.out))
+    n = sum(len(v["objects"]) for v in record["variants"].values())
+    print(f"logged {len(record['variants'])} variants, {n} objects to {record.get('uri', '(tracking disabled)')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -80,13 +80,30 @@ def claim_gpu_slot(n_devices: int, lock_dir: str | Path | None = None) -> int:
     raise RuntimeError(f"all {n_devices} GPUs are held by other jobs; lower the `gpu` resource (profiles/default)")
 
 
-def pick_device(name: str) -> torch.device:
-    """auto = CUDA when visible. With several visible GPUs and no scheduler pinning (CUDA_VISIBLE_DEVICES unset),
-    a free one is claimed by lock file."""
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+class NoGPU(RuntimeError):
+    """A run that needs CUDA found none; raised before any model is loaded."""
+
+
+GPU_GUIDANCE = ("stable-diffusion", "deepfloyd-if")
+"""Priors that are only practical on a GPU: with train.device auto and no CUDA, training stops at once."""
+
+
+def pick_device(cfg: Config) -> torch.device:
+    """auto = CUDA when visible; a GPU prior (SD, IF) with no CUDA visible is an error unless train.device is cpu.
+    With several visible GPUs and no scheduler pinning (CUDA_VISIBLE_DEVICES unset), a free one is claimed by lock
+    file."""
+    name = cfg.train.device
+    if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        if name == "cuda":
+            raise NoGPU("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        if cfg.guidance.name in GPU_GUIDANCE:
+            raise NoGPU(
+                f"guidance.name={cfg.guidance.name} needs a CUDA GPU and none is visible (torch.cuda.is_available() "
+                "is False). Run on a GPU machine, or set train.device: cpu to train on the CPU anyway (very slow)"
+            )
+        return torch.device("cpu")
     n = torch.cuda.device_count()
     if n > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         return torch.device(f"cuda:{claim_gpu_slot(n)}")
@@ -226,6 +243,7 @@ def train(
     guidance: Guidance | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     stop_after: int | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Optimise one object; resumes from out/checkpoint if present. Returns the final metrics.
 
@@ -242,7 +260,7 @@ def train(
             f"{out}: output folder is not writable ({exc.strerror}); fix its permissions or choose "
             "another results folder"
         ) from None
-    device = pick_device(cfg.train.device)
+    device = device or pick_device(cfg)
     torch.manual_seed(seed)
     ident = identity(cfg, prompt_id, text, seed)
     ckpt_dir = out / "checkpoint"
@@ -394,12 +412,23 @@ def main(argv: list[str] | None = None) -> None:
     prompts = {p["id"]: p for p in json.loads(Path(args.prompts).read_text())["prompts"]}
     if args.prompt_id not in prompts:
         raise SystemExit(f"error: {args.prompts}: no prompt with id {args.prompt_id!r}")
-    guidance = build_guidance(cfg, pick_device(cfg.train.device), args.world_bank)
-    from pipeline.tracking import tracked_training
+    try:
+        device = pick_device(cfg)
+    except NoGPU as exc:
+        raise SystemExit(f"error: {args.params}: {exc}") from None
+    guidance = build_guidance(cfg, device, args.world_bank)
+    from pipeline.tracking import live_training
 
-    with tracked_training(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, Path(args.out)) as hook:
+    with live_training(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, Path(args.out)) as hook:
         metrics = train(
-            cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, args.out, guidance, on_step=hook
+            cfg,
+            args.prompt_id,
+            prompts[args.prompt_id]["text"],
+            args.seed,
+            args.out,
+            guidance,
+            on_step=hook,
+            device=device,
         )
     print(json.dumps({k: metrics[k] for k in ("prompt", "final_loss", "wall_seconds", "steps_per_second")}))
 

@@ -177,12 +177,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     info = run(args.model, args.mesh, args.out_dir)
-    from pipeline.tracking import log_object_artifacts
-
-    out = Path(args.out_dir).resolve()
-    cfg = load_model(args.model)[1]
-    files = [out / n for n in ("turntable.mp4", "turntable.gif", "sheet.png", "mesh.glb", "mesh.ply", "mesh.json")]
-    log_object_artifacts(cfg, out.parents[1].name, out.parent.name, int(out.name.removeprefix("seed")), files)
     print(json.dumps(info))
 
 

@@ -6,6 +6,7 @@ sys.path.insert(0, workflow.basedir)
 
 from pipeline import config as cfgmod  # noqa: E402
 from pipeline import prompts as promptmod  # noqa: E402
+from pipeline.provenance import module_sources  # noqa: E402
 
 try:
     CFG = cfgmod.from_dict(config, "params.yaml (+ --config/--configfile overrides)")
@@ -79,3 +80,11 @@ def objects(variant, name):
 def clip_files(variant):
     """Local CLIP checkpoints a variant is evaluated with (a change re-runs its evaluation)."""
     return [m for m in VARIANTS[variant].evaluate.clip_models if os.path.splitext(m)[1] in (".pt", ".pth")]
+
+
+def code(*modules):
+    """The source files `python -m <module>` runs: the module and every pipeline module it imports, transitively
+    (lazy imports inside functions included). Rules list them as inputs, so editing the code a rule runs re-runs it
+    (Snakemake cannot see into `python -m`)."""
+    files = set().union(*(module_sources(m, workflow.basedir) for m in modules))
+    return sorted(os.path.relpath(os.path.join(workflow.basedir, f)) for f in files)

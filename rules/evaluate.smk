@@ -5,6 +5,7 @@ rule evaluate:
         prompts=f"{RESULTS}/prompts.json",
         views=lambda w: objects(w.variant, "views.npz"),
         clip=lambda w: clip_files(w.variant),
+        code=code("pipeline.evaluate"),
     output:
         json=f"{RESULTS}/{{variant}}/rprecision.json",
         csv=f"{RESULTS}/{{variant}}/rprecision.csv",
@@ -23,6 +24,7 @@ rule ground_truth:
         config=f"{RESULTS}/{next(iter(VARIANTS))}/config.yaml",
         prompts=f"{RESULTS}/prompts.json",
         clip=clip_files(next(iter(VARIANTS))),
+        code=code("pipeline.evaluate"),
     output:
         f"{RESULTS}/ground_truth.json",
     log:
@@ -40,6 +42,7 @@ rule report:
         evals=expand(f"{RESULTS}/{{variant}}/rprecision.json", variant=VARIANTS),
         gt=[f"{RESULTS}/ground_truth.json"] if IS_WORLD else [],
         media=[f for v in VARIANTS for f in objects(v, "sheet.png") + objects(v, "turntable.gif")],
+        code=code("pipeline.report"),
     output:
         table=f"{REPORT}/table.md",
         csv=f"{REPORT}/table.csv",
@@ -60,3 +63,25 @@ rule report:
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.report --evals {input.evals} {params.gt} --media {input.media}"
         " --bootstrap {params.bootstrap} --out-dir {params.out} > {log} 2>&1"
+
+
+rule track:
+    """Log every result file of the benchmark to MLflow, in one local process after the report (jobs never open the
+    store: see pipeline/tracking.py for why)."""
+    input:
+        configs=expand(f"{RESULTS}/{{variant}}/config.yaml", variant=VARIANTS),
+        prompts=f"{RESULTS}/prompts.json",
+        evals=expand(f"{RESULTS}/{{variant}}/rprecision.json", variant=VARIANTS),
+        report=f"{REPORT}/index.html",
+        media=[f for v in VARIANTS for f in objects(v, "mesh.glb") + objects(v, "views.json")],
+        code=code("pipeline.tracking"),
+    output:
+        f"{REPORT}/mlflow.json",
+    params:
+        variants=lambda w, input: [os.path.dirname(c) for c in input.configs],
+    log:
+        f"{RESULTS}/logs/track.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.tracking --variants {params.variants:q} --prompts {input.prompts:q} --out {output:q} > {log:q} 2>&1"

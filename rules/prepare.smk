@@ -1,7 +1,8 @@
 rule prepare:
     """Validate and normalise the prompt set; write prompts.json (ids, captions, retrieval set)."""
     input:
-        PROMPT_FILE,
+        prompts=PROMPT_FILE,
+        code=code("pipeline.prompts"),
     output:
         f"{RESULTS}/prompts.json",
     params:
@@ -12,5 +13,5 @@ rule prepare:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.prompts {input} {output} --max-tokens {params.max_tokens}"
+        "python -m pipeline.prompts {input.prompts:q} {output:q} --max-tokens {params.max_tokens}"
         " --select {params.select:q} > {log} 2>&1"

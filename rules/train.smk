@@ -32,6 +32,7 @@ rule train:
         prompts=f"{RESULTS}/prompts.json",
         bank=lambda w: bank_file(w.variant),
         guidance=lambda w: guidance_files(w.variant),
+        code=code("pipeline.train"),
     output:
         model=f"{OBJ}/model.safetensors",
         metrics=f"{OBJ}/metrics.json",

@@ -1,7 +1,8 @@
 rule mesh:
     """Marching cubes + open3d clean-up → mesh.ply / mesh.glb / mesh.json (an empty field is recorded, not fatal)."""
     input:
-        f"{OBJ}/model.safetensors",
+        model=f"{OBJ}/model.safetensors",
+        code=code("pipeline.mesh"),
     output:
         ply=f"{OBJ}/mesh.ply",
         glb=f"{OBJ}/mesh.glb",
@@ -13,7 +14,7 @@ rule mesh:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.mesh --model {input} --out-dir {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.mesh --model {input.model} --out-dir {params.out} > {log} 2>&1"
 
 
 rule views:
@@ -21,6 +22,7 @@ rule views:
     input:
         model=f"{OBJ}/model.safetensors",
         mesh=f"{OBJ}/mesh.ply",
+        code=code("pipeline.views"),
     output:
         npz=f"{OBJ}/views.npz",
         info=f"{OBJ}/views.json",
