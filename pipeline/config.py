@@ -323,6 +323,8 @@ def _from_string(tp: Any, value: str) -> Any:
     if tp is str or typing.get_origin(tp) is Literal:
         return value
     text = value.strip()
+    if tp is bool:  # only true/false: YAML 1.1's yes/no/on/off are too easy to write by accident
+        return {"true": True, "false": False}.get(text.lower(), value)
     if tp in (float, Scheduled):
         try:
             return float(text)

@@ -99,3 +99,44 @@ def test_presets_are_valid(preset):
         return a
 
     cfgmod.variants(from_dict(merge(base, over), str(preset)))
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "expected"),
+    [
+        # what `snakemake --config 'train={"lr": 0.05}'` hands over: nested values as strings
+        ({"train": {"lr": "0.05"}}, ("train", "lr"), 0.05),
+        ({"train": {"steps": "12"}}, ("train", "steps"), 12),
+        ({"train": {"lr": "1e-3"}}, ("train", "lr"), 1e-3),  # PyYAML reads 1e-3 as a string
+        (
+            {"train": {"orientation_weight": "[0, 1e-4, 1e-2, 400]"}},
+            ("train", "orientation_weight"),
+            [0, 1e-4, 1e-2, 400],
+        ),
+        ({"tracking": {"enabled": "false"}}, ("tracking", "enabled"), False),
+        ({"camera": {"distance": "[1.5, 2.0]"}}, ("camera", "distance"), [1.5, 2.0]),
+        ({"train": '{"lr": 0.07}'}, ("train", "lr"), 0.07),  # a whole section as one string
+        ({"guidance": {"model": "123"}}, ("guidance", "model"), "123"),  # strings stay strings
+    ],
+)
+def test_strings_from_the_command_line_are_coerced(data, key, expected):
+    cfg = from_dict(data)
+    assert getattr(getattr(cfg, key[0]), key[1]) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"train": {"lr": "fast"}}, "train.lr must be a number, got 'fast'"),
+        ({"train": {"lr": "-1"}}, "train.lr must be > 0.0, got -1.0"),
+        ({"train": {"steps": "1.5"}}, "train.steps must be an integer, got 1.5"),
+        ({"tracking": {"enabled": "yes please"}}, "tracking.enabled must be true/false, got 'yes please'"),
+        ({"guidance": {"scale": "nan"}}, "guidance.scale must be a finite number, got nan"),
+        ({"guidance": {"scale": float("inf")}}, "guidance.scale must be a finite number, got inf"),
+        ({"schedule": {"name": "anneal", "t_max": [0, 0.98, float("nan"), 10]}}, "schedule.t_max must be a finite"),
+    ],
+)
+def test_coerced_strings_that_are_wrong_keep_their_errors(data, needle):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    assert needle in str(err.value)

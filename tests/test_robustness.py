@@ -73,3 +73,70 @@ def test_gpu_slots_are_exclusive(tmp_path):
     code = code.replace("claim_gpu_slot(2", "claim_gpu_slot(1")
     busy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert busy.returncode != 0 and "all 1 GPUs are held" in busy.stderr
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_get_the_umask_permissions(tmp_path, umask, mode):
+    """mkstemp made every result 0600 whatever the umask: unreadable to teammates and cluster jobs."""
+    from pipeline.io import atomic_write_json, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_write_json(tmp_path / "sub" / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "sub" / "b.json").stat().st_mode & 0o777 == mode
+
+
+def test_atomic_write_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    import pipeline.io as io
+
+    calls = []
+    real = io.fsync_dir
+    monkeypatch.setattr(io, "fsync_dir", lambda d: (calls.append(str(d)), real(d)))
+    io.atomic_write_text(tmp_path / "a.txt", "x")
+    assert calls == [str(tmp_path)]
+
+
+@pytest.mark.parametrize("guidance", ["stable-diffusion", "deepfloyd-if"])
+def test_a_gpu_prior_without_a_gpu_stops_at_once(monkeypatch, guidance):
+    """A tiny SD sat at 0/3 steps for 8 minutes on the CPU instead of saying there is no GPU."""
+    from pipeline.train import NoGPU, pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        NoGPU, match=f"guidance.name={guidance} needs a CUDA GPU and none is visible.*train.device: cpu"
+    ):
+        pick_device(from_dict({"guidance": {"name": guidance}}))
+    assert pick_device(from_dict({"guidance": {"name": guidance}, "train": {"device": "cpu"}})).type == "cpu"
+    assert pick_device(from_dict({"guidance": {"name": "world"}})).type == "cpu"
+    with pytest.raises(NoGPU, match="train.device is 'cuda' but no CUDA device is visible"):
+        pick_device(from_dict({"train": {"device": "cuda"}}))
+
+
+def test_train_cli_reports_a_missing_gpu_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.config import save_resolved
+
+    save_resolved(from_dict({"guidance": {"name": "stable-diffusion"}}), tmp_path / "config.yaml")
+    (tmp_path / "prompts.json").write_text('{"prompts": [{"id": "p", "text": "a cat"}]}')
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "pipeline.train", "--params", str(tmp_path / "config.yaml")]
+    cmd += [
+        "--prompts",
+        str(tmp_path / "prompts.json"),
+        "--prompt-id",
+        "p",
+        "--seed",
+        "0",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'config.yaml'}: guidance.name=stable")
+    assert "Traceback" not in proc.stderr

@@ -102,7 +102,7 @@ def test_tiny_random_stable_diffusion_trains(tmp_path):
         {
             **TINY,
             "guidance": {"name": "stable-diffusion", "model": str(sd), "latent_resolution": 16, "scale": 100.0},
-            "train": {**TINY["train"], "steps": 3},
+            "train": {**TINY["train"], "steps": 3, "device": "cpu"},  # asked for CPU explicitly
         }
     )
     m = train(cfg, "p", "a squirrel.", 0, tmp_path / "out", None)

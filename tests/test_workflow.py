@@ -25,6 +25,15 @@ TINY = {
 }
 
 
+def _scheduled(dry_run_output: str) -> set[str]:
+    """Rule names in a dry run's job-stats table."""
+    if "Job stats:" not in dry_run_output:
+        return set()
+    table = dry_run_output[dry_run_output.index("Job stats:") :]
+    table = table[: table.index("total")]
+    return {line.split()[0] for line in table.splitlines()[3:] if line.strip()}
+
+
 def tiny_workdir(workdir):
     save_tiny_clip(workdir / "tiny-clip.pt")
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
@@ -32,10 +41,12 @@ def tiny_workdir(workdir):
 
 
 def test_full_tiny_run_with_mlflow(workdir):
+    """As a newcomer starts: no mlflow.db, no results, 2 training jobs at once, no retries hiding a failure."""
     from mlflow.tracking import MlflowClient
 
     wd = tiny_workdir(workdir)
-    run_snakemake(wd, "--configfile", "tiny.yaml")
+    assert not (wd / "mlflow.db").exists()
+    run_snakemake(wd, "--configfile", "tiny.yaml", "--retries", "0")
     res = wd / "results/primitives"
     variants = ["world-w10-uniform", "world-w30-uniform"]
     for v in variants:
@@ -66,6 +77,27 @@ def test_full_tiny_run_with_mlflow(workdir):
     # nothing to do on a second run; changing one sweep value re-runs only that variant
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
+    # editing the code a rule runs re-runs it (rules run `python -m`, so the module files are inputs; Snakemake
+    # compares their checksums, so a touch alone or an edit undone re-runs nothing)
+    sds, report = wd / "pipeline/sds.py", wd / "pipeline/report.py"
+    original = sds.read_text()
+    sds.write_text(original + "\n# an edit\n")
+    assert _scheduled(run_snakemake(wd, "--configfile", "tiny.yaml", "-n").stdout) >= {
+        "train",
+        "mesh",
+        "views",
+        "evaluate",
+        "report",
+        "track",
+    }
+    sds.write_text(original)
+    report.write_text(report.read_text() + "\n# an edit\n")
+    assert _scheduled(run_snakemake(wd, "--configfile", "tiny.yaml", "-n").stdout) == {"report", "track", "all"}
+    # nested --config overrides arrive as strings and are coerced
+    dry = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", 'train={"lr": 0.05}', "-n").stdout
+    assert "train" in _scheduled(dry)
+    bad = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", 'train={"lr": "fast"}', "-n", check=False)
+    assert bad.returncode != 0 and "train.lr must be a number, got 'fast'" in bad.stdout + bad.stderr
     (wd / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "sweep": {"guidance.scale": [10, 50]}}))
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "-n")
     assert "variant=world-w50-uniform" in dry.stdout and "variant=world-w10-uniform" not in dry.stdout

@@ -1,0 +1,139 @@
+"""MLflow tracking: jobs never open the store; the one `track` process creates it atomically and logs the files."""
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import config as cfgmod
+from pipeline import tracking
+
+
+def _fake_results(root: Path, variant: str = "world-w10-uniform", objects: int = 2, steps: int = 3) -> Path:
+    """A results tree as the jobs leave it: config.yaml, per-object metrics.json / log.jsonl, rprecision.json."""
+    vdir = root / "results/primitives" / variant
+    cfg = cfgmod.from_dict({"tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"}})
+    cfgmod.save_resolved(cfg, vdir / "config.yaml")
+    prompts = []
+    evals = []
+    for i in range(objects):
+        pid = f"p{i}"
+        prompts.append({"id": pid, "text": f"prompt {i}"})
+        obj = vdir / pid / "seed0"
+        obj.mkdir(parents=True)
+        lines = [{"step": s, "loss": 1.0 / (s + 1), "lr": 0.1} for s in range(steps)]
+        (obj / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        metrics = {"seed": 0, "guidance_scale": 10.0, "device": "cpu", "final_loss": 0.5, "wall_seconds": 1.0}
+        (obj / "metrics.json").write_text(json.dumps(metrics))
+        (obj / "sheet.png").write_bytes(b"png")
+        evals.append({"prompt_id": pid, "seed": 0, "clip": "m.pt", "mode": "color", "score": 1.0})
+    rp = {"models": {"m.pt": {"color": {"r_precision": 1.0, "stderr": 0.0}}}, "objects": evals}
+    (vdir / "rprecision.json").write_text(json.dumps(rp))
+    (root / "results/primitives/prompts.json").write_text(json.dumps({"prompts": prompts}))
+    return vdir
+
+
+def _track(root: str, out: str, queue) -> None:
+    try:
+        os.chdir(root)
+        rec = tracking.log_benchmark(
+            [Path(root) / "results/primitives/world-w10-uniform"],
+            Path(root) / "results/primitives/prompts.json",
+            Path(out),
+        )
+        queue.put(("ok", len(rec["variants"]["world-w10-uniform"]["objects"])))
+    except BaseException as exc:  # report, not hang
+        queue.put(("error", repr(exc)))
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_two_processes_on_a_missing_store_at_once(tmp_path, round_):
+    """Today's race: two processes opening a new SQLite store at once half-migrate it for good."""
+    _fake_results(tmp_path)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_track, args=(str(tmp_path), str(tmp_path / f"rec{i}.json"), queue)) for i in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == [("ok", 2), ("ok", 2)], results
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("primitives")
+    children = client.search_runs([exp.experiment_id], "tags.kind = 'object'")
+    parents = client.search_runs([exp.experiment_id], "tags.kind = 'variant'")
+    assert len(children) == 2 and len(parents) == 1  # the second process replaced the first one's records
+    assert not list(tmp_path.glob(".mlflow.db.*"))  # no temp store left behind
+
+
+def test_records_are_logged_with_params_and_history(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    vdir = _fake_results(tmp_path, steps=5)
+    rec = tracking.log_benchmark([vdir], tmp_path / "results/primitives/prompts.json", tmp_path / "mlflow.json")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(rec["uri"])
+    run = client.get_run(rec["variants"]["world-w10-uniform"]["objects"]["p0/seed0"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2, 3, 4]
+    assert run.data.metrics["final.final_loss"] == 0.5
+    assert run.data.metrics["rprecision.m.color"] == 1.0
+    # per-object constants are params, never metrics
+    assert run.data.params["object.seed"] == "0" and run.data.params["object.guidance_scale"] == "10.0"
+    assert not any(k in run.data.metrics for k in ("final.seed", "final.guidance_scale"))
+    assert run.data.tags["results_dir"] == str((vdir / "p0/seed0").resolve())
+    assert run.data.tags["prompt"] == "prompt 0"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "object")} == {"object/sheet.png"}
+    # running again replaces the records instead of duplicating them
+    tracking.log_benchmark([vdir], tmp_path / "results/primitives/prompts.json", tmp_path / "mlflow.json")
+    exp = client.get_experiment_by_name("primitives")
+    assert len(client.search_runs([exp.experiment_id], "tags.kind = 'object'")) == 2
+
+
+def test_a_store_creation_that_dies_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A process killed while creating the store used to leave it unusable; now the store appears only complete."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real = tracking._new_client
+
+    def dying(u):
+        client = real(u)
+        client.search_experiments()  # the migrations ran on the temp file ...
+        raise KeyboardInterrupt  # ... and the process dies before the rename
+
+    monkeypatch.setattr(tracking, "_new_client", dying)
+    with pytest.raises(KeyboardInterrupt):
+        tracking.ensure_store(uri)
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name != "mlflow.db.lock"]
+    monkeypatch.setattr(tracking, "_new_client", real)
+    tracking.ensure_store(uri)
+    assert tracking._new_client(uri).search_experiments()  # usable: the Default experiment exists
+
+
+def test_jobs_do_not_open_a_sqlite_store(tmp_path, monkeypatch):
+    """Training logs live only to a server; with SQLite it must not touch the store (and never fails training)."""
+    cfg = cfgmod.from_dict({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    out = tmp_path / "results/b/v/p/seed0"
+    out.mkdir(parents=True)
+    (out / tracking.LIVE_RECORD).write_text('{"run_id": "stale"}')
+    with tracking.live_training(cfg, "p", "text", 0, out) as hook:
+        assert hook is None
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (out / tracking.LIVE_RECORD).exists()
+
+
+def test_an_unreachable_server_never_fails_training(tmp_path):
+    cfg = cfgmod.from_dict({"tracking": {"uri": "http://127.0.0.1:9"}})
+    out = tmp_path / "results/b/v/p/seed0"
+    out.mkdir(parents=True)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        with pytest.warns(UserWarning, match="live MLflow logging to http://127.0.0.1:9 disabled"):
+            with tracking.live_training(cfg, "p", "text", 0, out) as hook:
+                assert hook is None
+    finally:
+        del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
