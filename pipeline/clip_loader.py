@@ -4,7 +4,6 @@ and CLIP's image preprocessing for tensors."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -20,11 +19,6 @@ def preprocess(images: Tensor, resolution: int) -> Tensor:
     if images.shape[-1] != resolution:
         images = F.interpolate(images, (resolution, resolution), mode="bicubic", align_corners=False, antialias=True)
     return (images.clamp(0, 1) - MEAN.to(images.device)) / STD.to(images.device)
-
-
-def short_name(name: str) -> str:
-    """A CLIP model's short name: a checkpoint path's stem, or the clip-anytorch name itself (ViT-B/32)."""
-    return Path(name).stem if Path(name).suffix in (".pt", ".pth") else name
 
 
 def import_clip() -> ModuleType:

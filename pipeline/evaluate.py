@@ -203,6 +203,21 @@ def load_views(npz: Path) -> dict[str, Tensor]:
         return {mode: torch.from_numpy(z[key]) for mode, key in MODES.items()}
 
 
+def collect_geometry(files: list[Path]) -> dict[str, Any]:
+    """Per-object geometry.json files (pipeline.geometry) → {"objects": [...], "summary": {metric: mean}}."""
+    from pipeline.metrics import GEOMETRY as METRICS
+
+    objects = []
+    for f in files:
+        g = json.loads(f.read_text())
+        objects.append({"prompt_id": f.parent.parent.name, "seed": int(f.parent.name.removeprefix("seed")), **g})
+    summary = {}
+    for k in METRICS:
+        vals = [o[k] for o in objects if o.get(k) is not None]
+        summary[k] = float(np.mean(vals)) if vals else None
+    return {"objects": objects, "summary": summary}
+
+
 def per_object_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     fields = ["prompt_id", "seed", "text", "clip", "mode", "score", "mean_rank", "shape_score", "top1", "top5"]
@@ -251,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", required=True, help="prompts.json (its retrieval_set is used)")
     ap.add_argument("--views", nargs="*", default=[], help=".../<prompt_id>/seed<k>/views.npz files")
     ap.add_argument("--ground-truth", action="store_true", help="evaluate the bundled world's ground-truth renders")
+    ap.add_argument("--geometry", nargs="*", default=[], help=".../<prompt_id>/seed<k>/geometry.json (bundled world)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
@@ -277,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg_convention=cfg.guidance.convention,
         clip_models=cfg.evaluate.clip_models,
     )
+    if args.geometry:
+        result["geometry"] = collect_geometry([Path(g) for g in args.geometry])
     atomic_write_json(args.out, result)
     atomic_write_text(Path(args.out).with_suffix(".csv"), per_object_csv(result["objects"]))
     print(json.dumps(result["models"]))

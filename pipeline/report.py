@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.clip_loader import short_name as _short
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
+from pipeline.metrics import GEOMETRY
+from pipeline.metrics import clip_short_name as _short
 
 PAPER_TABLE1 = [
     # method, {model: (color, geo)} in %, quoted from DreamFusion Table 1 (parenthesised: same CLIP trained & evaluated)
@@ -105,6 +106,18 @@ def build(
         "|" + "---|" * len(header),
     ]
     md += ["| " + " | ".join(r) + " |" for r in rows]
+    if any("geometry" in ev for ev in evals.values()):
+        md += [
+            "",
+            "## Geometry against the analytic primitives (bundled world; definitions in pipeline/geometry.py)",
+            "",
+            "| Method | 3D IoU ↑ | fog ↓ | Chamfer ↓ | normal consistency ↑ | silhouette IoU ↑ |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v, ev in evals.items():
+            if "geometry" in ev:
+                g = ev["geometry"]["summary"]
+                md.append(f"| ours: {v} | " + " | ".join(_num(g.get(k)) for k in GEOMETRY) + " |")
     paper_models = ["ViT-B/32", "ViT-B/16", "ViT-L/14"]
     md += [
         "",
@@ -154,16 +167,11 @@ def build(
             for m in [*MODES, *(["geo_shape"] if world else [])]:
                 key = "shape_score" if m == "geo_shape" else "score"
                 scores = object_scores(ev, c, "geo" if m == "geo_shape" else m, key)
-                vals = np.array(list(scores.values()), dtype=np.float64)
-                lo, hi = bootstrap_ci(vals, bootstrap, seed)
                 base = object_scores(evals[variants[0]], c, "geo" if m == "geo_shape" else m, key)
-                common = sorted(set(base) & set(scores))
-                diff = np.array([scores[k] - base[k] for k in common], dtype=np.float64)
-                dlo, dhi = bootstrap_ci(diff, bootstrap, seed)
-                mean = float(vals.mean()) if len(vals) else float("nan")
+                mean, lo, hi, dmean, dlo, dhi = paired(scores, base, bootstrap, seed)
                 comp.append(
                     f"| {v} | {_short(c)} | {m} | {_pct(mean)} | [{_pct(lo)}, {_pct(hi)}] | "
-                    f"{_pct(float(diff.mean()) if len(diff) else None)} | [{_pct(dlo)}, {_pct(dhi)}] |"
+                    f"{_pct(dmean if np.isfinite(dmean) else None)} | [{_pct(dlo)}, {_pct(dhi)}] |"
                 )
                 metrics[v][_short(c)][m] = round(mean, 4)
                 plot_rows.append(
@@ -178,6 +186,9 @@ def build(
                         "ci_high": hi,
                     }
                 )
+    geo = {v: ev["geometry"] for v, ev in evals.items() if "geometry" in ev}
+    if geo:
+        comp += ["", *_geometry_comparison(geo, variants[0], bootstrap, seed, metrics)]
     atomic_write_text(out_dir / "comparison.md", "\n".join(comp) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(plot_rows[0]) if plot_rows else ["variant"])
@@ -194,6 +205,50 @@ def build(
     gallery = _gallery(media or {}, out_dir / "gallery.png")
     _html(out_dir, evals, gallery, media or {})
     return metrics
+
+
+def _num(x: Any) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3f}"
+
+
+def paired(
+    scores: dict[Any, float], base: dict[Any, float], n: int, seed: int
+) -> tuple[float, float, float, float, float, float]:
+    """(mean, CI low, CI high) of `scores` and (mean, CI low, CI high) of the paired difference against `base` on
+    the objects both have (95 % percentile bootstrap over objects)."""
+    vals = np.array(list(scores.values()), dtype=np.float64)
+    lo, hi = bootstrap_ci(vals, n, seed)
+    common = sorted(set(base) & set(scores))
+    diff = np.array([scores[k] - base[k] for k in common], dtype=np.float64)
+    dlo, dhi = bootstrap_ci(diff, n, seed)
+    mean = float(vals.mean()) if len(vals) else float("nan")
+    dmean = float(diff.mean()) if len(diff) else float("nan")
+    return mean, lo, hi, dmean, dlo, dhi
+
+
+def _geometry_comparison(
+    geo: dict[str, dict[str, Any]], baseline: str, bootstrap: int, seed: int, metrics: dict[str, Any]
+) -> list[str]:
+    """comparison.md's geometry section (same bootstrap and pairing as R-precision); fills metrics[v]["geometry"]."""
+    lines = [
+        "# Variants: geometry against the analytic primitives, 95 % bootstrap CIs (objects resampled)",
+        "",
+        f"| variant | measure | mean | 95 % CI | Δ vs {baseline} (paired) | 95 % CI of Δ |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def per_object(v: str, k: str) -> dict[tuple[str, int], float]:
+        return {(o["prompt_id"], o["seed"]): o[k] for o in geo[v]["objects"] if o.get(k) is not None}
+
+    for v in geo:
+        metrics.setdefault(v, {})["geometry"] = {}
+        for k in GEOMETRY:
+            mean, lo, hi, dmean, dlo, dhi = paired(per_object(v, k), per_object(baseline, k), bootstrap, seed)
+            lines.append(
+                f"| {v} | {k} | {_num(mean)} | [{_num(lo)}, {_num(hi)}] | {_num(dmean)} | [{_num(dlo)}, {_num(dhi)}] |"
+            )
+            metrics[v]["geometry"][k] = None if not np.isfinite(mean) else round(mean, 4)
+    return lines
 
 
 def _pct_paper(x: Any) -> str:
@@ -255,24 +310,38 @@ def _html(out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, 
 
         return html.escape(os.path.relpath(p, out_dir))
 
-    def md_table(path: Path) -> str:
-        lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|") and not ln.startswith("|---")]
-        cells = [[html.escape(c.strip()) for c in ln.strip("|").split("|")] for ln in lines]
-        if not cells:
-            return ""
-        head = "".join(f"<th>{c}</th>" for c in cells[0])
-        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
-        return f"<table><tr>{head}</tr>{body}</table>"
+    def md_html(path: Path) -> str:
+        """Headings, tables and paragraphs of one of our Markdown files, each table kept under its heading."""
+        out, table = [], []
+
+        def flush() -> None:
+            if table:
+                head = "".join(f"<th>{c}</th>" for c in table[0])
+                body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in table[1:])
+                out.append(f"<table><tr>{head}</tr>{body}</table>")
+                table.clear()
+
+        for ln in path.read_text().splitlines():
+            if ln.startswith("|"):
+                if not ln.startswith("|---"):
+                    table.append([html.escape(c.strip()) for c in ln.strip("|").split("|")])
+                continue
+            flush()
+            if ln.startswith("#"):
+                level = min(len(ln) - len(ln.lstrip("#")) + 1, 4)
+                out.append(f"<h{level}>{html.escape(ln.lstrip('#').strip())}</h{level}>")
+            elif ln.strip():
+                out.append(f"<p>{html.escape(ln)}</p>")
+        flush()
+        return "\n".join(out)
 
     parts = [
         "<!doctype html><meta charset='utf-8'><title>DreamFusion lab report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px}img{image-rendering:pixelated}</style>",
         "<h1>DreamFusion lab report</h1>",
-        "<h2>R-precision</h2>",
-        md_table(out_dir / "table.md"),
-        "<h2>Variants</h2>",
-        md_table(out_dir / "comparison.md"),
+        md_html(out_dir / "table.md"),
+        md_html(out_dir / "comparison.md"),
         f"<p><img src='{rel(out_dir / 'rprecision_vs_scale.png')}' width=480></p>",
     ]
     if gallery:

@@ -38,6 +38,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.io import atomic_write_json, current_umask, fsync_dir
+from pipeline.metrics import GEOMETRY
 
 PARENT, CHILD = "variant", "object"
 LIVE_RECORD = "tracking.json"
@@ -244,6 +245,12 @@ def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
     measured = {k: v for k, v in _flatten({k: v for k, v in record.items() if k not in PARAM_KEYS}).items()}
     final = [Metric(f"final.{k}", float(v), ts, 0) for k, v in measured.items() if _float(v) is not None]
     _log_metrics(client, run_id, final)
+    geometry = folder / "geometry.json"
+    if geometry.exists():
+        g = json.loads(geometry.read_text())
+        _log_metrics(
+            client, run_id, [Metric(f"geometry.{k}", float(g[k]), ts, 0) for k in GEOMETRY if _number(g.get(k))]
+        )
     client.log_artifact(run_id, str(folder / "metrics.json"))
     if (folder / "previews").is_dir():
         client.log_artifacts(run_id, str(folder / "previews"), "previews")
@@ -262,7 +269,7 @@ def _float(v: str) -> float | None:
 def _log_evaluation(client, parent: str, runs: dict[tuple[str, int], str], result: dict[str, Any]) -> None:
     from mlflow.entities import Metric
 
-    from pipeline.clip_loader import short_name as _short
+    from pipeline.metrics import clip_short_name as _short
 
     ts = int(time.time() * 1000)
     summary = []
@@ -270,6 +277,9 @@ def _log_evaluation(client, parent: str, runs: dict[tuple[str, int], str], resul
         for mode, v in modes.items():
             summary.append(Metric(f"rprecision.{_short(clip)}.{mode}", float(v["r_precision"]), ts, 0))
             summary.append(Metric(f"rprecision_stderr.{_short(clip)}.{mode}", float(v["stderr"]), ts, 0))
+    for k, v in result.get("geometry", {}).get("summary", {}).items():
+        if v is not None:
+            summary.append(Metric(f"geometry.{k}", float(v), ts, 0))
     _log_metrics(client, parent, summary)
     per_run: dict[str, list] = {}
     for o in result["objects"]:

@@ -4,18 +4,21 @@ rule evaluate:
         config=f"{RESULTS}/{{variant}}/config.yaml",
         prompts=f"{RESULTS}/prompts.json",
         views=lambda w: objects(w.variant, "views.npz"),
+        geometry=lambda w: objects(w.variant, "geometry.json") if IS_WORLD else [],
         clip=lambda w: clip_files(w.variant),
         code=code("pipeline.evaluate"),
     output:
         json=f"{RESULTS}/{{variant}}/rprecision.json",
         csv=f"{RESULTS}/{{variant}}/rprecision.csv",
+    params:
+        geometry=lambda w, input: f"--geometry {' '.join(input.geometry)}" if input.geometry else "",
     log:
         f"{RESULTS}/logs/evaluate/{{variant}}.log",
     conda:
         "../envs/dreamfusion.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --views {input.views}"
-        " --out {output.json} > {log} 2>&1"
+        " {params.geometry} --out {output.json} > {log} 2>&1"
 
 
 rule ground_truth:
@@ -74,6 +77,7 @@ rule track:
         evals=expand(f"{RESULTS}/{{variant}}/rprecision.json", variant=VARIANTS),
         report=f"{REPORT}/index.html",
         media=[f for v in VARIANTS for f in objects(v, "mesh.glb") + objects(v, "views.json")],
+        geometry=[f for v in VARIANTS for f in objects(v, "geometry.json")] if IS_WORLD else [],
         code=code("pipeline.tracking"),
     output:
         f"{REPORT}/mlflow.json",

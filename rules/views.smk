@@ -37,3 +37,21 @@ rule views:
         "../envs/dreamfusion.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.views --model {input.model} --mesh {input.mesh} --out-dir {params.out} > {log} 2>&1"
+
+
+rule geometry:
+    """Geometry against the truth (bundled world): 3D IoU, fog, Chamfer, normal consistency, silhouette IoU."""
+    input:
+        model=f"{OBJ}/model.safetensors",
+        mesh=f"{OBJ}/mesh.ply",
+        views=f"{OBJ}/views.npz",
+        code=code("pipeline.geometry"),
+    output:
+        f"{OBJ}/geometry.json",
+    log:
+        f"{RESULTS}/logs/geometry/{{variant}}/{{pid}}-seed{{seed}}.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline.geometry --model {input.model:q} --mesh {input.mesh:q}"
+        " --views {input.views:q} --out {output:q} > {log:q} 2>&1"

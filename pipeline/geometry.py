@@ -1,0 +1,196 @@
+"""Geometry against the truth: how well a trained object matches the bundled world's analytic primitive.
+
+R-precision over 36 captions saturates long before shapes are right; these measures do not. Every object of the
+bundled world names its shape ("a red cube."), whose signed distance `sdf` (pipeline.world.scenes) is known exactly.
+Definitions (one place; the report, MLflow and DVC use these names):
+
+* **iou** — 3D IoU of the field's occupied set with the true solid, on a `GRID`³ grid of points spanning
+  [−bound, bound]³ (the mesh stage's sampling): occupied = {σ > τ} with τ the mesh stage's iso-level
+  (`mesh.threshold`, 0 = ln 2 / (bound/4)); true = {sdf < 0}. |occ ∩ true| / |occ ∪ true| (0 when both are empty).
+* **fog** — the share of the field's density mass lying more than `FOG_MARGIN` outside the true surface:
+  Σ σ·[sdf > margin] / Σ σ over the same grid (0 for an empty field, which scores iou 0 instead).
+* **chamfer** — symmetric Chamfer distance (world units, not squared) between `SURFACE_POINTS` points sampled
+  uniformly on the extracted mesh and as many on the true surface: ½ (mean_a min_b ‖a − b‖ + mean_b min_a ‖a − b‖).
+  The true surface is marching cubes of the sdf on a `TRUTH_GRID`³ grid. None when the mesh is empty.
+* **normal_consistency** — mean |n_a · n_b| over nearest-neighbour pairs in both directions between those point
+  sets, normals from the mesh faces and from the sdf gradient (1 = every normal agrees). None for an empty mesh.
+* **silhouette_iou** — mean over the evaluation views of the IoU of {opacity > 0.5} of the field's views
+  (views.npz) with that of the true primitive rendered from the same cameras.
+
+    python -m pipeline.geometry --model .../model.safetensors --mesh .../mesh.ply --views .../views.npz \\
+        --out .../geometry.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.io import atomic_write_json
+from pipeline.metrics import GEOMETRY as METRICS
+
+GRID = 64
+"""Grid points per axis for iou and fog."""
+FOG_MARGIN = 0.1
+"""Distance outside the true surface beyond which density counts as fog (world units; primitives have radius ≈ 0.5)."""
+SURFACE_POINTS = 20_000
+"""Points sampled on each surface for chamfer and normal consistency."""
+TRUTH_GRID = 160
+"""Marching-cubes grid of the true surface."""
+
+
+class GeometryError(ValueError):
+    """An object whose geometry cannot be scored (not a world caption, non-finite field)."""
+
+
+def grid_points(bound: float, resolution: int = GRID) -> Tensor:
+    """[R³, 3] points of the mesh stage's grid over [−bound, bound]³ (axes x, y, z, 'ij' order)."""
+    axis = torch.linspace(-bound, bound, resolution)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+
+
+def volume_scores(sigma: Tensor, true_sdf: Tensor, threshold: float, margin: float = FOG_MARGIN) -> dict[str, float]:
+    """iou and fog from densities σ [P] and the true sdf [P] at the same points."""
+    if not torch.isfinite(sigma).all():
+        raise GeometryError("the field has non-finite densities")
+    occ, true = sigma > threshold, true_sdf < 0
+    union = (occ | true).sum().item()
+    iou = (occ & true).sum().item() / union if union else 0.0
+    mass = sigma.clamp(min=0).double()
+    total = mass.sum().item()
+    fog = (mass * (true_sdf > margin)).sum().item() / total if total > 0 else 0.0
+    return {"iou": float(iou), "fog": float(fog)}
+
+
+def true_surface(shape: str, n: int = SURFACE_POINTS, resolution: int = TRUTH_GRID, seed: int = 0):
+    """(points [n, 3], unit normals [n, 3]) sampled uniformly on the analytic surface of `shape`."""
+    import mcubes
+
+    from pipeline.world.scenes import sdf
+
+    extent = 0.75  # every primitive lies well inside |x| < 0.6
+    pts = grid_points(extent, resolution)
+    d = sdf(shape, pts).reshape(resolution, resolution, resolution).numpy()
+    verts, faces = mcubes.marching_cubes(-d, 0.0)
+    verts = verts * (2 * extent / (resolution - 1)) - extent
+    points, _ = sample_mesh(verts, faces, n, seed)
+    p = torch.as_tensor(points, dtype=torch.float32).requires_grad_(True)
+    (grad,) = torch.autograd.grad(sdf(shape, p).sum(), p)
+    normals = torch.nn.functional.normalize(grad, dim=-1).numpy()
+    return points, normals
+
+
+def sample_mesh(verts: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(points [n, 3], face normals [n, 3]) uniform on the triangle mesh's area, deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    tri = verts[faces]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    area = np.linalg.norm(cross, axis=1)
+    idx = rng.choice(len(faces), size=n, p=area / area.sum())
+    u, v = rng.random(n), rng.random(n)
+    flip = u + v > 1
+    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    t = tri[idx]
+    points = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+    normals = cross[idx] / np.maximum(area[idx, None], 1e-12)
+    return points, normals
+
+
+def surface_scores(
+    points: np.ndarray, normals: np.ndarray, true_points: np.ndarray, true_normals: np.ndarray
+) -> dict[str, float]:
+    """chamfer and normal_consistency between two oriented point sets (nearest neighbours by KD-tree)."""
+    from scipy.spatial import cKDTree
+
+    d_ab, i_ab = cKDTree(true_points).query(points)
+    d_ba, i_ba = cKDTree(points).query(true_points)
+    chamfer = 0.5 * (d_ab.mean() + d_ba.mean())
+    nc_ab = np.abs((normals * true_normals[i_ab]).sum(1)).mean()
+    nc_ba = np.abs((true_normals * normals[i_ba]).sum(1)).mean()
+    return {"chamfer": float(chamfer), "normal_consistency": float(0.5 * (nc_ab + nc_ba))}
+
+
+def silhouette_iou(opacity: Tensor, true_opacity: Tensor) -> float:
+    """Mean per-view IoU of {opacity > 0.5} masks [N, 1, H, W] (a view where both are empty counts 1)."""
+    a, b = opacity > 0.5, true_opacity > 0.5
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    return float(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean())
+
+
+def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[str, Any]:
+    """Every measure for one trained world object (see the module docstring)."""
+    from pipeline.mesh import default_threshold, density_grid
+    from pipeline.nerf.cameras import orbit_cameras
+    from pipeline.nerf.renderer import Background, Shading, render_chunked
+    from pipeline.train import load_model
+    from pipeline.world.scenes import PrimitiveField, parse_caption, sdf
+
+    model, cfg, ident = load_model(model_path)
+    try:
+        _, shape = parse_caption(ident["prompt"])
+    except ValueError as exc:
+        raise GeometryError(f"{model_path}: {exc}; geometry is measured on the bundled world only") from None
+    threshold = cfg.mesh.threshold or default_threshold(cfg)
+    sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)
+    true_sdf = sdf(shape, grid_points(cfg.nerf.bound))
+    try:
+        out: dict[str, Any] = volume_scores(sigma, true_sdf, threshold)
+    except GeometryError as exc:
+        raise GeometryError(f"{model_path}: {exc}") from None
+    out.update(shape=shape, threshold=threshold, grid=GRID, fog_margin=FOG_MARGIN)
+
+    import open3d as o3d
+
+    mesh = o3d.io.read_triangle_mesh(str(mesh_path))
+    verts, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    if len(faces):
+        points, normals = sample_mesh(verts, faces, SURFACE_POINTS, seed=1)
+        out.update(surface_scores(points, normals, *true_surface(shape)))
+    else:
+        out.update(chamfer=None, normal_consistency=None)
+
+    with np.load(views_path) as z:
+        opacity, azimuths = torch.from_numpy(z["opacity"]), [float(a) for a in z["azimuths"]]
+    cams = orbit_cameras(cfg.camera, azimuths)
+    truth = render_chunked(
+        PrimitiveField(shape, bound=cfg.nerf.bound),
+        cams,
+        opacity.shape[-1],
+        cfg.views.samples,
+        Shading.lit(len(cams), cfg.shading),
+        Background(cfg.render),
+        chunk=2,
+        normal_eps=cfg.render.normal_eps,
+    )
+    out["silhouette_iou"] = silhouette_iou(opacity, truth.opacity)
+    for k in METRICS:
+        if out[k] is not None and not math.isfinite(out[k]):
+            raise GeometryError(f"{model_path}: {k} is not finite")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--mesh", required=True)
+    ap.add_argument("--views", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        result = score_object(Path(args.model), Path(args.mesh), Path(args.views))
+    except GeometryError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    atomic_write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in METRICS}))
+
+
+if __name__ == "__main__":
+    main()

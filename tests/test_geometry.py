@@ -1,0 +1,102 @@
+"""Geometry against the truth: exact answers on analytic shapes (pipeline/geometry.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import geometry as g
+from pipeline.world.scenes import SHAPES, sdf
+
+
+def _sphere_sdf(points, radius=0.5, centre=(0.0, 0.0, 0.0)):
+    return (points - torch.tensor(centre)).norm(dim=-1) - radius
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_true_solid_scores_iou_1_and_no_fog_against_itself(shape):
+    pts = g.grid_points(1.0)
+    d = sdf(shape, pts)
+    sigma = torch.where(d < 0, torch.tensor(50.0), torch.tensor(0.0))
+    assert g.volume_scores(sigma, d, threshold=2.77) == {"iou": 1.0, "fog": 0.0}
+
+
+def test_shifted_sphere_iou_is_the_lens_volume_ratio():
+    """Two r = 0.5 spheres 0.2 apart: IoU = V_lens / (2 V − V_lens), V_lens = π (4r + d)(2r − d)² / 12."""
+    r, d = 0.5, 0.2
+    lens = math.pi * (4 * r + d) * (2 * r - d) ** 2 / 12
+    expected = lens / (2 * 4 / 3 * math.pi * r**3 - lens)
+    pts = g.grid_points(1.0, 128)
+    sigma = 50.0 * (_sphere_sdf(pts, centre=(d, 0, 0)) < 0)
+    got = g.volume_scores(sigma.float(), _sphere_sdf(pts), threshold=2.77)
+    assert got["iou"] == pytest.approx(expected, abs=0.01)  # 0.543
+    # fog: the share of the shifted ball lying beyond radius r + 0.1 around the truth's centre (Monte Carlo)
+    rng = np.random.default_rng(0)
+    p = rng.uniform(-0.5, 0.5, (400_000, 3))
+    p = p[np.linalg.norm(p, axis=1) < 0.5] + [d, 0, 0]
+    assert got["fog"] == pytest.approx(np.mean(np.linalg.norm(p, axis=1) > 0.6), abs=0.01)  # 0.088
+
+
+def test_inflated_sphere_iou_and_fog():
+    """A uniform-density ball of radius 0.7 around the r = 0.5 truth: IoU = (0.5/0.7)³, fog = 1 − (0.6/0.7)³."""
+    pts = g.grid_points(1.0, 128)
+    sigma = 10.0 * (_sphere_sdf(pts, 0.7) < 0)
+    got = g.volume_scores(sigma.float(), _sphere_sdf(pts), threshold=2.77)
+    assert got["iou"] == pytest.approx((0.5 / 0.7) ** 3, abs=0.01)  # 0.364
+    assert got["fog"] == pytest.approx(1 - (0.6 / 0.7) ** 3, abs=0.01)  # 0.370
+    # below the mesh iso-level, the same ball occupies nothing but is still all there as fog
+    faint = g.volume_scores(0.1 * sigma.float(), _sphere_sdf(pts), threshold=2.77)
+    assert faint["iou"] == 0.0 and faint["fog"] == pytest.approx(got["fog"])
+
+
+def test_empty_field_scores_zero_and_non_finite_field_is_an_error():
+    pts = g.grid_points(1.0, 16)
+    assert g.volume_scores(torch.zeros(len(pts)), _sphere_sdf(pts), 2.77) == {"iou": 0.0, "fog": 0.0}
+    bad = torch.zeros(len(pts))
+    bad[3] = float("nan")
+    with pytest.raises(g.GeometryError, match="non-finite densities"):
+        g.volume_scores(bad, _sphere_sdf(pts), 2.77)
+
+
+def test_true_surface_lies_on_the_sphere_with_radial_normals():
+    points, normals = g.true_surface("sphere", n=5000)
+    r = np.linalg.norm(points, axis=1)
+    assert np.abs(r - 0.5).max() < 0.003
+    assert np.abs((normals * points / r[:, None]).sum(1) - 1).max() < 1e-3
+
+
+def test_chamfer_and_normal_consistency():
+    points, normals = g.true_surface("sphere", n=5000)
+    same = g.surface_scores(points, normals, points, normals)
+    assert same == {"chamfer": 0.0, "normal_consistency": 1.0}
+    # a concentric sphere of radius 0.6: every nearest point is 0.1 away (plus the sampling gap), normals agree
+    big = g.surface_scores(points * 1.2, normals, *g.true_surface("sphere", n=5000, seed=1))
+    assert big["chamfer"] == pytest.approx(0.1, abs=0.003)
+    assert big["normal_consistency"] == pytest.approx(1.0, abs=0.01)
+    # flipped normals still agree (|n·n'|: orientation-free), tangent normals do not
+    assert g.surface_scores(points, -normals, points, normals)["normal_consistency"] == pytest.approx(1.0)
+    tangent = np.cross(normals, [0.0, 0.0, 1.0])
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    assert g.surface_scores(points, tangent, points, normals)["normal_consistency"] < 0.05
+
+
+def test_silhouette_iou_per_view_mean():
+    a = torch.zeros(2, 1, 4, 4)
+    b = torch.zeros(2, 1, 4, 4)
+    a[0, 0, :2] = 1  # 8 pixels
+    b[0, 0, :1] = 1  # 4 pixels, inside a: IoU 0.5
+    # view 1 empty in both: counts 1
+    assert g.silhouette_iou(a, b) == pytest.approx(0.75)
+    assert g.silhouette_iou(a, a) == 1.0
+
+
+def test_sample_mesh_is_uniform_by_area_and_deterministic():
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0], [3, 0, 0], [0, 3, 0]], dtype=float)
+    faces = np.array([[0, 1, 2], [3, 4, 5]])
+    p1, n1 = g.sample_mesh(verts, faces, 20_000, seed=0)
+    p2, _ = g.sample_mesh(verts, faces, 20_000, seed=0)
+    assert np.array_equal(p1, p2)
+    in_small = (p1[:, 0] + p1[:, 1] <= 1).mean()  # small triangle has 1/9 of the area, but lies inside the big one
+    assert in_small == pytest.approx(0.1 + 0.9 / 9, abs=0.01)
+    assert np.allclose(np.abs(n1[:, 2]), 1.0)
