@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ import yaml
 
 Scheduled = Union[float, list[float]]
 """A number, or ``[start_step, start_value, end_value, end_step]`` interpolated linearly between the steps."""
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""Names that reach a path or a shell command (benchmark, variant)."""
 
 
 class ConfigError(ValueError):
@@ -125,8 +130,19 @@ class CameraConfig:
 
 @dataclass
 class FieldConfig:
+    kind: Literal["grid", "pyramid"] = "grid"
+    """grid: one dense grid of `resolution`³; pyramid: dense grids at the `levels` resolutions, trilinearly upsampled
+    to the finest and summed, the fine levels unlocked coarse-to-fine over `unlock_steps` (threestudio's progressive
+    band-limited grid, dense)."""
     resolution: int = field(default=32, metadata=_range(4))
-    """Dense feature grid resolution per axis over the cube [−bound, bound]³."""
+    """Dense feature grid resolution per axis over the cube [−bound, bound]³ (kind: grid)."""
+    levels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    """Pyramid level resolutions, coarse to fine (kind: pyramid)."""
+    unlock_steps: list[int] = field(default_factory=lambda: [0, 200])
+    """Pyramid: [start, end] steps over which the levels above the coarsest fade in, one after another."""
+    density_shift: float = -4.0
+    """Pre-activation density offset: with softplus, −4 makes empty space start at σ ≈ 0.018 (nearly
+    transparent) while the blob makes the initial object."""
     features: int = field(default=4, metadata=_range(4))
     """Feature channels per voxel; with `mlp_hidden: 0` it must be 4 (density + RGB albedo read directly)."""
     mlp_hidden: int = field(default=0, metadata=_range(0))
@@ -152,7 +168,13 @@ class RenderConfig:
     background: Literal["mlp", "solid", "random"] = "solid"
     """Background: direction MLP (paper), a solid colour, or a random solid colour per view while training."""
     background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    """Solid background colour (and the random background's colour at evaluation)."""
+    """Solid background colour; evaluation views, previews and turntables always use it, whatever `background`, so
+    colour painted into a learned background cannot score."""
+    background_freqs: int = field(default=2, metadata=_range(0))
+    """Frequencies of the mlp background's direction encoding (low: a smooth sky, not a second scene)."""
+    random_background_p: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    """Probability that a training view gets a random solid background colour instead of `background`
+    (stable-dreamfusion's random background; `background: random` means 1)."""
     normal_eps: float = field(default=0.02, metadata=_range(0.0, lo_open=True))
     """Central finite-difference step for normals −∇σ/‖∇σ‖ (in world units)."""
 
@@ -187,10 +209,17 @@ class TrainConfig:
     """AdamW weight decay."""
     orientation_weight: Scheduled = field(default_factory=lambda: [0, 1e-4, 1e-2, 5000])
     """Orientation loss weight (Ref-NeRF), annealed in (paper: 1e-4 → 1e-2 over 5k steps)."""
-    opacity_weight: float = field(default=1e-3, metadata=_range(0.0))
-    """Opacity penalty weight on sqrt((Σw)² + 0.01) (paper: 1e-3…5e-3)."""
-    entropy_weight: float = field(default=0.0, metadata=_range(0.0))
-    """Optional binary-entropy penalty on the accumulated opacity."""
+    opacity_weight: Scheduled = 1e-3
+    """Opacity penalty weight on sqrt((Σw)² + 0.01), mean over rays (paper: 1e-3…5e-3)."""
+    entropy_weight: Scheduled = 0.0
+    """Binary-entropy penalty on the accumulated opacity: pushes each ray to fully opaque or empty."""
+    tv_weight: Scheduled = 0.0
+    """Total variation (mean squared neighbour difference) of the pre-activation density of the finest grid."""
+    sds_reduction: Literal["mean", "sum"] = "mean"
+    """How the SDS term combines the views of a step: mean (threestudio, stable-dreamfusion), so regulariser
+    weights mean the same at any `batch_views`; sum multiplies the SDS term by `batch_views`."""
+    background_lr: float = field(default=0.1, metadata=_range(0.0))
+    """Learning rate of a learned (mlp) background as a fraction of `lr`."""
     checkpoint_every: int = field(default=100, metadata=_range(1))
     """Write a resumable checkpoint every N steps."""
     preview_every: int = field(default=0, metadata=_range(0))
@@ -459,6 +488,22 @@ def _check_semantics(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: schedule.t_min ({lo}) must be below schedule.t_max ({hi})")
     if cfg.nerf.mlp_hidden == 0 and cfg.nerf.features != 4:
         raise ConfigError(f"{src}: nerf.features must be 4 when nerf.mlp_hidden is 0, got {cfg.nerf.features}")
+    if not SAFE_NAME.fullmatch(cfg.prompts.benchmark) or ".." in cfg.prompts.benchmark:
+        raise ConfigError(
+            f"{src}: prompts.benchmark must be a plain file name (letters, digits, '.', '_', '-'; it names "
+            f"prompts/<benchmark>.txt and the results folder), got {cfg.prompts.benchmark!r}"
+        )
+    n = cfg.nerf
+    if n.kind == "pyramid" and (
+        not n.levels
+        or any(r < 2 for r in n.levels)
+        or any(b <= a for a, b in zip(n.levels, n.levels[1:], strict=False))
+    ):
+        raise ConfigError(f"{src}: nerf.levels must be increasing resolutions >= 2, got {n.levels!r}")
+    if len(n.unlock_steps) != 2 or not 0 <= n.unlock_steps[0] <= n.unlock_steps[1]:
+        raise ConfigError(
+            f"{src}: nerf.unlock_steps must be [start, end] with 0 <= start <= end, got {n.unlock_steps!r}"
+        )
     if len(cfg.render.background_color) != 3:
         raise ConfigError(f"{src}: render.background_color must be [r, g, b], got {cfg.render.background_color!r}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
@@ -525,11 +570,12 @@ _GUIDANCE_TAG = {"world": "world", "world-unet": "worldunet", "stable-diffusion"
 
 
 def _fmt(v: Any) -> str:
+    """A value as part of a variant name: only characters safe in paths and shells (others become '_')."""
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, list):
         return "_".join(_fmt(x) for x in v)
-    return str(v).replace("/", "_").replace(" ", "_")
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(v)).replace("..", "_")
 
 
 def variant_name(cfg: Config, swept: dict[str, Any]) -> str:

@@ -111,7 +111,15 @@ class ClipScorer:
             )
         verify_checksum(Path(name))
         try:
-            self.model, _ = clip.load(name, device=device, jit=False, download_root=cache or None)
+            if Path(name).is_file():  # a file anyone can place: tensors only, never pickled code
+                state = torch.load(name, map_location="cpu", weights_only=True)
+                if not isinstance(state, dict):
+                    raise TypeError("not a CLIP state dict")
+                from clip.model import build_model
+
+                self.model = build_model(state).to(device)
+            else:  # an official model, checksum-verified by clip-anytorch
+                self.model, _ = clip.load(name, device=device, jit=False, download_root=cache or None)
         except Exception as exc:
             raise EvaluationError(
                 f"could not load CLIP {name!r} ({type(exc).__name__}: {exc}); "
@@ -199,8 +207,23 @@ def evaluate(
 
 
 def load_views(npz: Path) -> dict[str, Tensor]:
-    with np.load(npz) as z:
-        return {mode: torch.from_numpy(z[key]) for mode, key in MODES.items()}
+    """The colour and textureless views of views.npz: float [N, 3, H, W] in [0, 1], all finite (else an
+    EvaluationError naming the file: a NaN view would tie every caption and score as a hit)."""
+    try:
+        with np.load(npz) as z:
+            views = {mode: z[key] for mode, key in MODES.items()}
+    except (OSError, ValueError, KeyError) as exc:
+        raise EvaluationError(
+            f"{npz}: not a views.npz written by pipeline.views ({exc}); re-run its views job"
+        ) from None
+    for mode, a in views.items():
+        if a.dtype.kind != "f" or a.ndim != 4 or a.shape[1] != 3:
+            raise EvaluationError(f"{npz}: {MODES[mode]} must be float [N, 3, H, W] in [0, 1], got {a.dtype} {a.shape}")
+        if not np.isfinite(a).all():
+            raise EvaluationError(f"{npz}: {MODES[mode]} views contain NaN/Inf (a corrupt model); retrain the object")
+        if a.min() < 0 or a.max() > 1:
+            raise EvaluationError(f"{npz}: {MODES[mode]} values must lie in [0, 1], got [{a.min():.3g}, {a.max():.3g}]")
+    return {mode: torch.from_numpy(a) for mode, a in views.items()}
 
 
 def collect_geometry(files: list[Path]) -> dict[str, Any]:
@@ -269,6 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--geometry", nargs="*", default=[], help=".../<prompt_id>/seed<k>/geometry.json (bundled world)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    try:
+        run_evaluation(args)
+    except EvaluationError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def run_evaluation(args: argparse.Namespace) -> None:
     cfg = load_config(args.params)
     doc = json.loads(Path(args.prompts).read_text())
     texts = {p["id"]: p["text"] for p in doc["prompts"]}

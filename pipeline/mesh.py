@@ -34,6 +34,10 @@ class EmptyField(ValueError):
     """Nothing in the field is above the iso-level."""
 
 
+class NonFiniteField(ValueError):
+    """The field has NaN/Inf densities: a failure, never an 'empty' success."""
+
+
 def default_threshold(cfg: Config) -> float:
     """σ such that a slab of thickness bound/4 (1/8 of the box) has alpha 0.5."""
     return math.log(2.0) / (cfg.nerf.bound / 4)
@@ -58,6 +62,11 @@ def extract(field: Field, resolution: int, threshold: float, device: torch.devic
     import open3d as o3d
 
     grid = density_grid(field, resolution, device)
+    if not np.isfinite(grid).all():
+        raise NonFiniteField(
+            f"{np.count_nonzero(~np.isfinite(grid))} of {grid.size} densities are NaN/Inf: the model is corrupt "
+            "(training diverged?); delete the object's folder and retrain it"
+        )
     if not (grid > threshold).any():
         raise EmptyField(f"no density above the iso-level {threshold:.3g} (max {grid.max():.3g})")
     # pad so surfaces touching the box are closed
@@ -160,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
-    info = run(args.model, args.out_dir)
+    try:
+        info = run(args.model, args.out_dir)
+    except NonFiniteField as exc:
+        raise SystemExit(f"error: {args.model}: {exc}") from None
     print(json.dumps(info))
 
 

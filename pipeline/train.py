@@ -35,7 +35,7 @@ from pipeline.config import load as load_config
 from pipeline.guidance import Guidance, build_guidance
 from pipeline.io import atomic_write, atomic_write_json
 from pipeline.nerf.cameras import orbit_cameras, sample_cameras, with_suffix
-from pipeline.nerf.field import GridField
+from pipeline.nerf.field import build_field
 from pipeline.nerf.renderer import Background, Shading, render, sample_shading
 from pipeline.sds import TimestepSchedule, sds
 
@@ -53,7 +53,7 @@ class Model(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        self.field = GridField(cfg.nerf)
+        self.field = build_field(cfg.nerf)
         self.background = Background(cfg.render)
 
 
@@ -266,8 +266,11 @@ def train(
     ckpt_dir = out / "checkpoint"
     guidance = guidance or build_guidance(cfg, device)
     model = Model(cfg).to(device)
+    groups = [{"params": list(model.field.parameters()), "lr_scale": 1.0}]
+    if list(model.background.parameters()):
+        groups.append({"params": list(model.background.parameters()), "lr_scale": cfg.train.background_lr})
     opt = torch.optim.Adam(
-        model.parameters(),
+        groups,
         lr=cfg.train.lr,
         betas=(0.9, 0.99),
         eps=1e-15,
@@ -299,7 +302,8 @@ def train(
         for step in bar:
             g = step_generator(seed, step)
             for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, step)
+                group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
+            model.field.set_step(step)
             t0 = time.perf_counter()
             cams = sample_cameras(cfg.camera, cfg.train.batch_views, g).to(device)
             shading = sample_shading(cfg.shading, step, cfg.train.batch_views, g)
@@ -324,11 +328,15 @@ def train(
             t = schedule(step, cfg.train.batch_views, g)
             s = sds(guidance, res.rgb, guidance.embed(texts), uncond, t, cfg.guidance, step, g)
             t2 = time.perf_counter()
+            sds_term = s.loss / cfg.train.batch_views if cfg.train.sds_reduction == "mean" else s.loss
             opacity_pen = torch.sqrt(res.opacity**2 + 0.01).mean()
-            loss = s.loss + orient_w * res.orientation + cfg.train.opacity_weight * opacity_pen
-            if cfg.train.entropy_weight > 0:
+            loss = sds_term + orient_w * res.orientation + scheduled(cfg.train.opacity_weight, step) * opacity_pen
+            entropy_w, tv_w = scheduled(cfg.train.entropy_weight, step), scheduled(cfg.train.tv_weight, step)
+            if entropy_w > 0:
                 a = res.opacity.clamp(1e-5, 1 - 1e-5)
-                loss = loss + cfg.train.entropy_weight * (-(a * a.log() + (1 - a) * (1 - a).log())).mean()
+                loss = loss + entropy_w * (-(a * a.log() + (1 - a) * (1 - a).log())).mean()
+            if tv_w > 0:
+                loss = loss + tv_w * model.field.total_variation()
             _check_finite(step, "loss", loss.detach(), ckpt_dir)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -369,6 +377,7 @@ def train(
                 log.flush()
                 save_checkpoint(ckpt_dir, model, opt, done, ident)
                 return {"stopped_at": done}
+    model.field.set_step(None)  # the saved object is the fully unlocked field
     wall = time.perf_counter() - t_start
     ran = cfg.train.steps - start
     metrics = {

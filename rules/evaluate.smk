@@ -11,14 +11,14 @@ rule evaluate:
         json=f"{RESULTS}/{{variant}}/rprecision.json",
         csv=f"{RESULTS}/{{variant}}/rprecision.csv",
     params:
-        geometry=lambda w, input: f"--geometry {' '.join(input.geometry)}" if input.geometry else "",
+        geometry=lambda w, input: ["--geometry", *input.geometry] if input.geometry else [],
     log:
         f"{RESULTS}/logs/evaluate/{{variant}}.log",
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --views {input.views}"
-        " {params.geometry} --out {output.json} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --params {input.config:q} --prompts {input.prompts:q} --views {input.views:q}"
+        " {params.geometry:q} --out {output.json:q} > {log:q} 2>&1"
 
 
 rule ground_truth:
@@ -35,8 +35,8 @@ rule ground_truth:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --params {input.config} --prompts {input.prompts} --ground-truth"
-        " --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --params {input.config:q} --prompts {input.prompts:q} --ground-truth"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -57,15 +57,15 @@ rule report:
         plot_png=f"{REPORT}/rprecision_vs_scale.png",
     params:
         out=lambda w, output: os.path.dirname(output[0]),
-        gt=lambda w, input: f"--ground-truth {input.gt}" if input.gt else "",
+        gt=lambda w, input: ["--ground-truth", input.gt] if input.gt else [],
         bootstrap=CFG.evaluate.bootstrap,
     log:
         f"{RESULTS}/logs/report.log",
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.report --evals {input.evals} {params.gt} --media {input.media}"
-        " --bootstrap {params.bootstrap} --out-dir {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.report --evals {input.evals:q} {params.gt:q} --media {input.media:q}"
+        " --bootstrap {params.bootstrap:q} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule track:

@@ -13,5 +13,5 @@ rule prepare:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.prompts {input.prompts:q} {output:q} --max-tokens {params.max_tokens}"
-        " --select {params.select:q} > {log} 2>&1"
+        "python -m pipeline.prompts {input.prompts:q} {output:q} --max-tokens {params.max_tokens:q}"
+        " --select {params.select:q} > {log:q} 2>&1"

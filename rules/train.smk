@@ -22,7 +22,7 @@ rule world_bank:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.world.prior --params {input.config} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.world.prior --params {input.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -38,7 +38,7 @@ rule train:
         metrics=f"{OBJ}/metrics.json",
     params:
         out=lambda w, output: os.path.dirname(output[0]),
-        bank=lambda w, input: f"--world-bank {input.bank}" if input.bank else "",
+        bank=lambda w, input: ["--world-bank", input.bank] if input.bank else [],
     log:
         f"{RESULTS}/logs/train/{{variant}}/{{pid}}-seed{{seed}}.log",
     benchmark:
@@ -50,5 +50,5 @@ rule train:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.train --params {input.config} --prompts {input.prompts} --prompt-id {wildcards.pid}"
-        " --seed {wildcards.seed} --out {params.out} {params.bank} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline.train --params {input.config:q} --prompts {input.prompts:q} --prompt-id {wildcards.pid:q}"
+        " --seed {wildcards.seed:q} --out {params.out:q} {params.bank:q} > {log:q} 2>&1"

@@ -18,7 +18,7 @@ rule train_evaluator:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.world.evaluator --params {input} --out {output.model} > {log} 2>&1"
+        "python -m pipeline.world.evaluator --params {input:q} --out {output.model:q} > {log:q} 2>&1"
 
 
 rule train_world_unet:
@@ -38,7 +38,7 @@ rule train_world_unet:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.world.unet --params {input} --out {params.out} --steps {params.steps} > {log} 2>&1"
+        "python -m pipeline.world.unet --params {input:q} --out {params.out:q} --steps {params.steps:q} > {log:q} 2>&1"
 
 
 rule measure_world:
@@ -55,7 +55,7 @@ rule measure_world:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "python -m pipeline.world.measure --params {input.params} --clip {input.clip} --out {output.world} --unet $(dirname {input.unet}) > {log} 2>&1"
+        "python -m pipeline.world.measure --params {input.params:q} --clip {input.clip:q} --out {output.world:q} --unet $(dirname {input.unet:q}) > {log:q} 2>&1"
 
 
 rule bundled_models:

@@ -50,25 +50,35 @@ class GridField(Field):
     """Dense grid over [−bound, bound]³ (trilinear). Without MLP its 4 channels are pre-activation density and
     albedo logits; the density grid's central differences give ∇σ in the same lookup (no extra queries)."""
 
-    DENSITY_SHIFT = -4.0
-    """Pre-activation offset so empty space starts (nearly) transparent; the blob makes the initial object."""
-
     def __init__(self, cfg: FieldConfig) -> None:
         super().__init__()
-        self.cfg, self.bound, r = cfg, cfg.bound, cfg.resolution
-        self.grid = nn.Parameter(torch.zeros(1, cfg.features, r, r, r))
+        self.cfg, self.bound = cfg, cfg.bound
+        self.resolution = self._make_grids(cfg)
         self.mlp = (
             nn.Sequential(nn.Linear(cfg.features, cfg.mlp_hidden), nn.SiLU(), nn.Linear(cfg.mlp_hidden, 4))
             if cfg.mlp_hidden
             else None
         )
-        axis = torch.linspace(-cfg.bound, cfg.bound, r)
+        axis = torch.linspace(-cfg.bound, cfg.bound, self.resolution)
         zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")  # grid_sample: D=z, H=y, W=x
         self.register_buffer(
             "blob_grid",
             blob(torch.stack([xx, yy, zz], -1), cfg.blob, cfg.blob_density, cfg.blob_radius)[None, None],
             persistent=False,
         )
+
+    def _make_grids(self, cfg: FieldConfig) -> int:
+        """Create the trainable grid(s); return the resolution of the volume `_raw` gives."""
+        r = cfg.resolution
+        self.grid = nn.Parameter(torch.zeros(1, cfg.features, r, r, r))
+        return r
+
+    def _raw(self) -> Tensor:
+        """The trainable features as one volume [1, C, R, R, R]."""
+        return self.grid
+
+    def set_step(self, step: int | None) -> None:
+        """The training step (for coarse-to-fine fields); None = fully unlocked (evaluation)."""
 
     def _activate(self, raw: Tensor) -> Tensor:
         if self.cfg.density_activation == "exp":
@@ -84,24 +94,82 @@ class GridField(Field):
 
     def _volume(self, with_grad: bool) -> Tensor:
         """[1, 4 (+3), R, R, R]: activated density, albedo logits (and ∇σ by central differences on the grid)."""
-        density = self._activate(self.grid[:, :1] + self.blob_grid + self.DENSITY_SHIFT)
-        parts = [density, self.grid[:, 1:4]]
+        raw = self._raw()
+        density = self._activate(raw[:, :1] + self.blob_grid + self.cfg.density_shift)
+        parts = [density, raw[:, 1:4]]
         if with_grad:
-            spacing = 2 * self.bound / (self.cfg.resolution - 1)
+            spacing = 2 * self.bound / (self.resolution - 1)
             dz, dy, dx = torch.gradient(density[0, 0], spacing=spacing)
             parts.append(torch.stack([dx, dy, dz])[None])
         return torch.cat(parts, dim=1)
+
+    def total_variation(self) -> Tensor:
+        """Mean squared difference of neighbouring pre-activation densities of the finest volume (a smoothness
+        prior on the density; the albedo is left free)."""
+        d = self._raw()[0, 0]
+        return (
+            ((d[1:] - d[:-1]) ** 2).mean()
+            + ((d[:, 1:] - d[:, :-1]) ** 2).mean()
+            + ((d[:, :, 1:] - d[:, :, :-1]) ** 2).mean()
+        )
 
     def density_albedo(self, pts: Tensor) -> tuple[Tensor, Tensor]:
         if self.mlp is None:
             out = self._sample(self._volume(False), pts)
             return out[..., 0], torch.sigmoid(out[..., 1:4])
-        out = self.mlp(self._sample(self.grid, pts))
+        out = self.mlp(self._sample(self._raw(), pts))
         prior = blob(pts, self.cfg.blob, self.cfg.blob_density, self.cfg.blob_radius)
-        return self._activate(out[..., 0] + prior + self.DENSITY_SHIFT), torch.sigmoid(out[..., 1:4])
+        return self._activate(out[..., 0] + prior + self.cfg.density_shift), torch.sigmoid(out[..., 1:4])
 
     def query(self, pts: Tensor, normal_eps: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         if self.mlp is not None or not with_grad:
             return super().query(pts, normal_eps, with_grad)
         out = self._sample(self._volume(True), pts)
         return out[..., 0], torch.sigmoid(out[..., 1:4]), out[..., 4:7]
+
+
+class PyramidField(GridField):
+    """Dense grids at several resolutions, each trilinearly upsampled to the finest and summed, so coarse levels
+    shape the object and fine ones add detail. Levels above the coarsest fade in one after another over
+    `unlock_steps` (coarse-to-fine): early SDS steps can only move low frequencies, which keeps the first shape
+    compact instead of a cloud of high-frequency fog."""
+
+    def _make_grids(self, cfg: FieldConfig) -> int:
+        self.levels = nn.ParameterList(nn.Parameter(torch.zeros(1, cfg.features, r, r, r)) for r in cfg.levels)
+        self._step: int | None = None
+        return cfg.levels[-1]
+
+    def set_step(self, step: int | None) -> None:
+        self._step = step
+
+    def level_weights(self) -> list[float]:
+        """Fade-in weight of each level at the current step (1 for the coarsest; all 1 when no step is set)."""
+        n = len(self.levels)
+        if self._step is None or n == 1:
+            return [1.0] * n
+        start, end = self.cfg.unlock_steps
+        span = (end - start) / (n - 1)
+        out = [1.0]
+        for level in range(1, n):
+            begin = start + (level - 1) * span
+            out.append(1.0 if span <= 0 else min(max((self._step - begin) / span, 0.0), 1.0))
+        return out
+
+    def _raw(self) -> Tensor:
+        size = (self.resolution,) * 3
+        total = None
+        for grid, weight in zip(self.levels, self.level_weights(), strict=True):
+            if weight == 0.0:
+                continue
+            up = (
+                grid
+                if grid.shape[-1] == self.resolution
+                else F.interpolate(grid, size, mode="trilinear", align_corners=True)
+            )
+            total = up * weight if total is None else total + up * weight
+        return total
+
+
+def build_field(cfg: FieldConfig) -> GridField:
+    """The trainable field named by `nerf.kind`."""
+    return PyramidField(cfg) if cfg.kind == "pyramid" else GridField(cfg)

@@ -67,28 +67,35 @@ def sample_shading(cfg: ShadingConfig, step: int, b: int, generator: torch.Gener
 
 
 class Background(nn.Module):
-    """mlp: the paper's MLP over the positionally encoded ray direction; solid: a fixed colour;
-    random: a random solid colour per view while training, the fixed colour otherwise."""
+    """mlp: an MLP over the ray direction encoded at `background_freqs` frequencies (paper; low frequencies keep it a
+    sky rather than a second scene); solid: a fixed colour; random: a random solid colour per view while training.
+    While training, any mode is replaced per view by a random solid colour with probability `random_background_p`.
+    Outside training every mode is the fixed colour (`fixed=True` forces it): evaluation views are always over the
+    same background."""
 
-    FREQS = 4
-
-    def __init__(self, cfg: RenderConfig) -> None:
+    def __init__(self, cfg: RenderConfig, fixed: bool = False) -> None:
         super().__init__()
-        self.mode = cfg.background
+        self.mode = "solid" if fixed else cfg.background
+        self.freqs = cfg.background_freqs
+        self.random_p = 1.0 if self.mode == "random" else cfg.random_background_p
         self.register_buffer("color", torch.tensor(cfg.background_color, dtype=torch.float32))
-        if self.mode == "mlp":
-            self.mlp = nn.Sequential(nn.Linear(3 + 6 * self.FREQS, 32), nn.SiLU(), nn.Linear(32, 3))
+        if cfg.background == "mlp":  # kept for the state dict even when fixed
+            self.mlp = nn.Sequential(nn.Linear(3 + 6 * self.freqs, 32), nn.SiLU(), nn.Linear(32, 3))
 
     def forward(self, dirs: Tensor, training: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """dirs [B, H, W, 3] → colours [B, H, W, 3]."""
-        if self.mode == "mlp":
-            freqs = 2.0 ** torch.arange(self.FREQS, device=dirs.device) * torch.pi
+        if self.mode == "mlp" and training:
+            freqs = 2.0 ** torch.arange(self.freqs, device=dirs.device) * torch.pi
             enc = (dirs[..., None] * freqs).flatten(-2)
-            return torch.sigmoid(self.mlp(torch.cat([dirs, enc.sin(), enc.cos()], -1)))
-        if self.mode == "random" and training:
-            c = torch.rand(dirs.shape[0], 3, generator=generator).to(dirs.device)
-            return c[:, None, None, :].expand_as(dirs)
-        return self.color.expand_as(dirs)
+            out = torch.sigmoid(self.mlp(torch.cat([dirs, enc.sin(), enc.cos()], -1)))
+        else:
+            out = self.color.expand_as(dirs)
+        if training and self.random_p > 0:
+            b = dirs.shape[0]
+            pick = (torch.rand(b, generator=generator) < self.random_p).to(dirs.device)
+            colour = torch.rand(b, 3, generator=generator).to(dirs.device)
+            out = torch.where(pick[:, None, None, None], colour[:, None, None, :].expand_as(dirs), out)
+        return out
 
 
 @dataclass
@@ -104,7 +111,8 @@ class RenderOutput:
     normal: Tensor
     """Opacity-weighted world normals [B, 3, H, W] (zeros if not computed)."""
     orientation: Tensor
-    """Ref-NeRF orientation penalty Σ sg(w_i)·max(0, n_i·d)², mean over rays (0 if no normals)."""
+    """Ref-NeRF orientation penalty Σ sg(w_i)·max(0, n_i·d)² per opaque ray: summed over rays, divided by
+    Σ sg(opacity) (0 if no normals)."""
 
 
 def unit(v: Tensor, eps: float = 1e-8) -> Tensor:
@@ -165,7 +173,8 @@ def render(
         colour = base * (view(shading.ambient) + view(shading.diffuse) * lambert)
         normal_map = (weights[..., None] * normals).sum(-2)
         facing = (normals * dirs[..., None, :]).sum(-1).clamp(min=0.0) ** 2
-        orientation = (weights.detach() * facing).sum(-1).mean()
+        # normalised by the opaque rays (threestudio): the penalty means the same whatever the object's size
+        orientation = (weights.detach() * facing).sum() / opacity.detach().sum().clamp(min=1.0)
     else:
         colour = base * view(shading.ambient)
         normal_map = torch.zeros(b, h, w, 3, device=device)

@@ -130,7 +130,7 @@ def train(
 
     ckpt = _ckpt_path(out)
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)  # tensors and plain data only: never runs code
         if state["settings"] != [steps, batch, seed, lr, ema_decay]:
             raise SystemExit(f"{ckpt}: checkpoint from other settings {state['settings']}; delete it to start over")
         unet.load_state_dict(state["unet"])

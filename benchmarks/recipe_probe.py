@@ -1,0 +1,96 @@
+"""Quick recipe probe on the bundled world: train prompts with config overrides, print 3D IoU and fog per object.
+
+A development tool for choosing recipe defaults before running the ablation preset through the workflow (which
+adds meshes, Chamfer, normals, silhouettes and R-precision). Same training code, same bank, same seeds.
+
+    python benchmarks/recipe_probe.py --set train.opacity_weight=0.01 --set nerf.field=pyramid [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import yaml
+
+from pipeline import config as cfgmod
+
+
+def _set(d: dict, key: str, value: str) -> None:
+    node = d
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = yaml.safe_load(value)
+
+
+def _one(args: tuple[dict, str, int, str]) -> dict:
+    data, text, seed, bank = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from pipeline.geometry import GRID, grid_points, volume_scores
+    from pipeline.guidance import build_guidance
+    from pipeline.mesh import default_threshold, density_grid
+    from pipeline.train import train
+    from pipeline.world.scenes import parse_caption, sdf
+
+    cfg = cfgmod.from_dict(data)
+    tree = Path(__file__).resolve().parents[1].name
+    out = Path(f"/tmp/recipe-probe/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}")
+    t0 = time.time()
+    guidance = build_guidance(cfg, torch.device("cpu"), bank)
+    from pipeline.train import Model, load_model
+
+    if not (out / "model.safetensors").exists():
+        train(cfg, text, text, seed, out, guidance)
+    model, _, _ = load_model(out / "model.safetensors")
+    assert isinstance(model, Model)
+    sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)
+    shape = parse_caption(text)[1]
+    scores = volume_scores(sigma, sdf(shape, grid_points(cfg.nerf.bound)), cfg.mesh.threshold or default_threshold(cfg))
+    return {"prompt": text, "seed": seed, **scores, "seconds": round(time.time() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", action="append", default=[], help="dotted.key=value (YAML value)")
+    ap.add_argument("--prompts", nargs="*", default=None, help="captions (default: params.yaml's selection)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "params.yaml").read_text())
+    for item in args.set:
+        key, value = item.split("=", 1)
+        _set(data, key, value)
+    data["tracking"] = {"enabled": False}
+    cfg = cfgmod.from_dict(data)
+    from pipeline.prompts import normalize
+    from pipeline.world.prior import bank_digest, generate_bank, save_bank
+
+    bank = root / f"results/world/bank-{bank_digest(cfg)}.safetensors"
+    if not bank.exists():
+        save_bank(generate_bank(cfg), bank, cfg)
+    prompts = [normalize(p) for p in (args.prompts or cfg.prompts.select)]
+    jobs = [(data, p, s, str(bank)) for p in prompts for s in args.seeds]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(_one, jobs))
+    for r in rows:
+        print(f"{r['prompt']:<22} seed {r['seed']}  iou {r['iou']:.3f}  fog {r['fog']:.3f}  ({r['seconds']} s)")
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("iou", "fog")}
+    print(json.dumps({"set": args.set, "digest": cfg.digest(), **{k: round(v, 4) for k, v in mean.items()}}))
+
+
+if __name__ == "__main__":
+    main()
