@@ -316,6 +316,10 @@ class Config:
     """MLflow."""
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     """Grid of dotted keys to value lists, e.g. {guidance.scale: [10, 30]}; every combination is a variant."""
+    ablation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """One-at-a-time variants next to the base config: {label: {dotted.key: value, ...}}, e.g.
+    {no-pyramid: {nerf.kind: grid}} adds the variant `<base>-no-pyramid`. Paired against the base in the report.
+    Not combined with `sweep`."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -324,6 +328,7 @@ class Config:
         """Short hash of the resolved values (sweep excluded): identifies what produced a result."""
         d = self.to_dict()
         d.pop("sweep")
+        d.pop("ablation")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -536,6 +541,19 @@ def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
             variant = _set_dotted(cfg.to_dict(), key, v, src)
             variant["sweep"] = {}
             from_dict(variant, f"{src} (sweep.{key}={v!r})")
+    if cfg.ablation and cfg.sweep:
+        raise ConfigError(f"{src}: use either sweep or ablation, not both")
+    for label, changes in cfg.ablation.items():
+        if not SAFE_NAME.fullmatch(str(label)) or not isinstance(changes, dict) or not changes:
+            raise ConfigError(
+                f"{src}: ablation.{label} must be a name of letters, digits, '.', '_', '-' mapping to "
+                f"{{dotted.key: value}}, got {changes!r}"
+            )
+        variant = cfg.to_dict()
+        variant["ablation"] = {}
+        for key, v in changes.items():
+            _set_dotted(variant, key, v, f"{src} (ablation.{label})")
+        from_dict(variant, f"{src} (ablation.{label})")
     return cfg
 
 
@@ -596,6 +614,17 @@ def variants(cfg: Config) -> dict[str, Config]:
     for key in keys:
         combos = [{**c, key: v} for c in combos for v in cfg.sweep[key]]
     out: dict[str, Config] = {}
+    if cfg.ablation:
+        base["ablation"] = {}
+        name = variant_name(cfg, {})
+        out[name] = from_dict(copy.deepcopy(base), "ablation")
+        for label, changes in cfg.ablation.items():
+            d = copy.deepcopy(base)
+            for key, v in changes.items():
+                _set_dotted(d, key, v, "ablation")
+            out[f"{name}-{label}"] = from_dict(d, f"ablation.{label}")
+        return out
+    base["ablation"] = {}
     for combo in combos:
         d = copy.deepcopy(base)
         for key, v in combo.items():
