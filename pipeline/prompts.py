@@ -1,6 +1,9 @@
 """Prompt-set preparation: read prompts/<bench>.txt, validate, normalise, assign ids, write prompts.json.
 
-Normalisation is the Dream Fields rule used by DreamFusion's R-precision: ``q.lower().strip(' .,') + '.'``.
+Normalisation is the Dream Fields rule used by DreamFusion's R-precision, ``q.lower().strip(' .,') + '.'``; two
+captions equal after Unicode NFKC and whitespace folding are duplicates. File format: UTF-8, one caption per line (only ``\n``/``\r\n`` end a line);
+blank lines and lines starting with ``#`` are skipped; a caption needs a letter or digit; control, line-separator
+and invisible format characters are errors naming the line; duplicates after normalisation are errors.
 Ids are a readable slug of ASCII letters and digits plus an 8-hex hash of the normalised caption, so they are
 stable across runs, unique, and can never contain a path separator or ``..``.
 
@@ -42,8 +45,14 @@ class Prompt:
 
 
 def normalize(caption: str) -> str:
-    """Dream Fields / DreamFusion caption normalisation."""
+    """Dream Fields / DreamFusion caption normalisation (verbatim: the protocol's retrieval texts)."""
     return caption.lower().strip(" .,") + "."
+
+
+def duplicate_key(text: str) -> str:
+    """What makes two normalised captions the same: equal after Unicode NFKC and whitespace folding (a tab, a double
+    space, NFC vs NFD, full-width letters)."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
 def prompt_id(text: str) -> str:
@@ -71,6 +80,10 @@ def read_prompt_file(path: str | Path, max_tokens: int = 77) -> list[Prompt]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise PromptFileError(f"{path}: prompt file not found; create it with one caption per line") from None
+    except IsADirectoryError:
+        raise PromptFileError(f"{path}: is a directory, not a prompt file; point prompts.benchmark at a .txt") from None
+    except OSError as exc:
+        raise PromptFileError(f"{path}: cannot read the prompt file ({exc.strerror})") from None
     try:
         content = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -80,25 +93,36 @@ def read_prompt_file(path: str | Path, max_tokens: int = 77) -> list[Prompt]:
         content = content[1:]
     prompts: list[Prompt] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(content.splitlines(), start=1):
-        if not raw.strip():
+    for lineno, raw in enumerate(content.split("\n"), start=1):  # only \n ends a line (str.splitlines also
+        raw = raw.removesuffix("\r")  # splits at \v, \f, U+0085, U+2028..., silently shifting the line numbers)
+        if not raw.strip() or raw.lstrip().startswith("#"):  # blank lines and `# comments` are skipped
             continue
-        bad = [c for c in raw if unicodedata.category(c) == "Cc" and c != "\t"]
-        if bad:
-            raise PromptFileError(
-                f"{path}:{lineno}: control character {bad[0]!r} in the caption; remove it from the line"
-            )
+        for c in raw:
+            cat = unicodedata.category(c)
+            if cat in ("Zl", "Zp") or (cat == "Cc" and c != "\t"):
+                raise PromptFileError(
+                    f"{path}:{lineno}: line or control character {c!r} inside the caption; one caption per line, "
+                    "remove it"
+                )
+            if cat == "Cf":
+                raise PromptFileError(
+                    f"{path}:{lineno}: invisible format character U+{ord(c):04X} ({unicodedata.name(c, '?')}) in the "
+                    "caption; remove it (it would make two captions look the same)"
+                )
+        if not any(ch.isalnum() for ch in raw):
+            raise PromptFileError(f"{path}:{lineno}: caption {raw!r} has no letters or digits; remove the line")
         if len(raw) > MAX_CHARS:
             raise PromptFileError(f"{path}:{lineno}: caption is {len(raw)} characters (max {MAX_CHARS}); shorten it")
         text = normalize(raw)
         if text == ".":
             raise PromptFileError(f"{path}:{lineno}: caption {raw!r} is empty after normalisation; remove the line")
-        if text in seen:
+        key = duplicate_key(text)
+        if key in seen:
             raise PromptFileError(
-                f"{path}:{lineno}: duplicate caption {text!r} (same as line {seen[text]} after normalisation); "
+                f"{path}:{lineno}: duplicate caption {text!r} (same as line {seen[key]} after normalisation); "
                 "remove one of them"
             )
-        seen[text] = lineno
+        seen[key] = lineno
         prompts.append(Prompt(id=prompt_id(text), text=text, raw=raw, line=lineno))
     if not prompts:
         what = "is empty" if not content else "has only blank lines"

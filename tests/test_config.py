@@ -140,3 +140,38 @@ def test_coerced_strings_that_are_wrong_keep_their_errors(data, needle):
     with pytest.raises(ConfigError) as err:
         from_dict(data)
     assert needle in str(err.value)
+
+
+def test_ablation_variants_change_one_thing_each():
+    cfg = from_dict({"ablation": {"grid": {"nerf.kind": "grid"}, "sum": {"train.sds_reduction": "sum"}}})
+    vs = cfgmod.variants(cfg)
+    assert list(vs) == ["world-w10-uniform", "world-w10-uniform-grid", "world-w10-uniform-sum"]
+    base = vs["world-w10-uniform"]
+    assert base.digest() == cfgmod.variants(from_dict({}))["world-w10-uniform"].digest()  # = the plain default run
+    assert vs["world-w10-uniform-grid"].nerf.kind == "grid" and vs["world-w10-uniform-grid"].train == base.train
+    assert vs["world-w10-uniform-sum"].train.sds_reduction == "sum" and vs["world-w10-uniform-sum"].nerf == base.nerf
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"ablation": {"x": {"nerf.kindd": "grid"}}}, "ablation.x): sweep key 'nerf.kindd' is not a params key"),
+        ({"ablation": {"x": {"nerf.kind": "octree"}}}, "nerf.kind must be one of 'grid', 'pyramid'"),
+        ({"ablation": {"a b": {"nerf.kind": "grid"}}}, "ablation.a b must be a name"),
+        ({"ablation": {"x": {}}}, "ablation.x must be a name"),
+        ({"ablation": {"x": {"nerf.kind": "grid"}}, "sweep": {"guidance.scale": [1, 2]}}, "not both"),
+        ({"prompts": {"benchmark": "../../escape"}}, "prompts.benchmark must be a plain file name"),
+        ({"prompts": {"benchmark": "a$(touch PWNED)"}}, "prompts.benchmark must be a plain file name"),
+        ({"nerf": {"kind": "pyramid", "levels": [32, 16]}}, "nerf.levels must be increasing"),
+        ({"nerf": {"unlock_steps": [10, 5]}}, "nerf.unlock_steps must be [start, end]"),
+    ],
+)
+def test_recipe_and_name_errors(data, needle):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    assert needle in str(err.value)
+
+
+def test_swept_strings_make_safe_variant_names():
+    cfg = from_dict({"sweep": {"guidance.model": ["a/b c", "$(x)"]}})
+    assert all(cfgmod.SAFE_NAME.fullmatch(n) for n in cfgmod.variants(cfg))

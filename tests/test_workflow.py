@@ -57,6 +57,16 @@ def test_full_tiny_run_with_mlflow(workdir):
     metrics = json.loads((rep / "metrics.json").read_text())
     assert set(metrics) == {*variants, "ground_truth"}
     assert "GT renders (ceiling)" in (rep / "table.md").read_text()
+    # geometry against the truth: per object, in the evaluation, the tables, the metrics and the HTML
+    for v in variants:
+        ev = json.loads((res / v / "rprecision.json").read_text())
+        assert len(ev["geometry"]["objects"]) == 2
+        assert set(ev["geometry"]["summary"]) == {"iou", "fog", "chamfer", "normal_consistency", "silhouette_iou"}
+        assert set(metrics[v]["geometry"]) == set(ev["geometry"]["summary"])
+    assert "| world-w30-uniform | iou |" in (rep / "comparison.md").read_text()
+    page = (rep / "index.html").read_text()
+    assert "<h3>Geometry against the analytic primitives" in page
+    assert "<h3>DreamFusion Table 1 (quoted from the paper" in page  # kept apart from our table
 
     client = MlflowClient(f"sqlite:///{wd / 'mlflow.db'}")
     exp = client.get_experiment_by_name("primitives")
@@ -68,7 +78,8 @@ def test_full_tiny_run_with_mlflow(workdir):
         assert c.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
         assert c.info.status == "FINISHED" and "git_sha" in c.data.tags and "params_hash" in c.data.tags
         assert len(client.get_metric_history(c.info.run_id, "loss")) == 4
-        assert "rprecision.tiny-clip.color" in c.data.metrics
+        assert "rprecision.tiny-clip.color" in c.data.metrics and "geometry.iou" in c.data.metrics
+        assert c.data.tags["results_dir"].endswith(f"seed{c.data.tags['seed']}")
         arts = {a.path for a in client.list_artifacts(c.info.run_id, "object")}
         assert {"object/turntable.mp4", "object/mesh.glb"} <= arts
     for p in parents:
