@@ -1,11 +1,9 @@
 """Prompt-set preparation: read prompts/<bench>.txt, validate, normalise, assign ids, write prompts.json.
 
-Normalisation is the Dream Fields rule used by DreamFusion's R-precision, ``q.lower().strip(' .,') + '.'``; two
-captions equal after Unicode NFKC and whitespace folding are duplicates. File format: UTF-8, one caption per line (only ``\n``/``\r\n`` end a line);
-blank lines and lines starting with ``#`` are skipped; a caption needs a letter or digit; control, line-separator
-and invisible format characters are errors naming the line; duplicates after normalisation are errors.
-Ids are a readable slug of ASCII letters and digits plus an 8-hex hash of the normalised caption, so they are
-stable across runs, unique, and can never contain a path separator or ``..``.
+Normalisation is the Dream Fields rule used by DreamFusion's R-precision, ``q.lower().strip(' .,') + '.'``.
+Two captions equal after Unicode NFKC and whitespace folding are duplicates. File format: UTF-8, one caption per
+line (only ``\n`` or ``\r\n`` end a line); blank lines and lines starting with ``#`` are skipped; a caption needs a
+letter or digit; control, line-separator and invisible format characters are errors naming the line.
 
     python -m pipeline.prompts prompts/primitives.txt results/primitives/prompts.json
 """

@@ -143,8 +143,17 @@ def identity(cfg: Config, prompt_id: str, text: str, seed: int) -> dict[str, Any
 # --------------------------------------------------------------------------- checkpoints
 
 
+CHECKPOINT = "checkpoint.safetensors"
+"""One file per checkpoint: weights, Adam moments, and in its metadata the step, the run's identity and Adam's
+scalars. Written by one atomic rename, so weights and step can never disagree after a kill."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed (corrupt, from another run, out of range or non-finite)."""
+
+
 def save_checkpoint(directory: Path, model: Model, opt: torch.optim.Optimizer, step: int, ident: dict) -> None:
-    """Atomically write weights + Adam moments (safetensors) and the step and identity (JSON)."""
+    """Atomically write weights + Adam moments + step + identity as one safetensors file (never a non-finite one)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state = opt.state_dict()
     scalars: dict[str, Any] = {}
@@ -154,34 +163,63 @@ def save_checkpoint(directory: Path, model: Model, opt: torch.optim.Optimizer, s
                 tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
             else:
                 scalars[f"{idx}.{k}"] = float(v)
-    atomic_write(directory / "checkpoint.safetensors", lambda p: save_file(tensors, str(p)))
-    atomic_write_json(directory / "checkpoint.json", {"step": step, "identity": ident, "opt_scalars": scalars})
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{directory}: refusing to checkpoint non-finite {bad[0]} at step {step}")
+    meta = {"step": str(step), "identity": json.dumps(ident, sort_keys=True), "opt_scalars": json.dumps(scalars)}
+    atomic_write(directory / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
 
 
-def load_checkpoint(directory: Path, model: Model, opt: torch.optim.Optimizer, ident: dict) -> int:
-    """Restore a checkpoint; return the next step (0 if none). Refuses one from another config/prompt/seed."""
-    meta_path, weights = directory / "checkpoint.json", directory / "checkpoint.safetensors"
-    if not meta_path.exists() or not weights.exists():
+def checkpoint_step(directory: Path) -> int | None:
+    """The step of the checkpoint in `directory` (None if there is none)."""
+    from safetensors import safe_open
+
+    path = directory / CHECKPOINT
+    if not path.exists():
+        return None
+    with safe_open(str(path), "pt") as fh:
+        return int((fh.metadata() or {})["step"])
+
+
+def load_checkpoint(directory: Path, model: Model, opt: torch.optim.Optimizer, ident: dict, total_steps: int) -> int:
+    """Restore a checkpoint; return the next step (0 if none). Refuses one from another config/prompt/seed, one
+    whose step is not inside this run, and a corrupt or non-finite one, each with the fix in the message."""
+    from safetensors import safe_open
+
+    path = directory / CHECKPOINT
+    if not path.exists():
         return 0
-    meta = json.loads(meta_path.read_text())
-    if meta["identity"] != ident:
-        diff = [k for k in ident if meta["identity"].get(k) != ident[k]]
+    fix = f"delete {directory} to start this object over"
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        step, saved = int(meta["step"]), json.loads(meta["identity"])
+        opt_scalars = json.loads(meta["opt_scalars"])
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a truncated or foreign file
+        raise CheckpointError(
+            f"{path}: not a readable training checkpoint ({type(exc).__name__}: {exc}); {fix}"
+        ) from None
+    if saved != ident:
+        diff = [k for k in ident if saved.get(k) != ident[k]]
         raise CheckpointMismatch(
-            f"{directory}: checkpoint was written for a different {', '.join(diff)} "
-            f"({meta['identity']}); delete the folder to start over"
+            f"{directory}: checkpoint was written for a different {', '.join(diff)} ({saved}); {fix}"
         )
-    tensors = load_file(str(weights))
+    if not 0 < step < total_steps:
+        raise CheckpointError(f"{path}: step {step} is outside this run's 1..{total_steps - 1}; {fix}")
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in tensors.values()):
+        raise CheckpointError(f"{path}: holds NaN/Inf values; {fix}")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[str, Any] = {"state": {}, "param_groups": opt.state_dict()["param_groups"]}
     for key, v in tensors.items():
         if key.startswith("opt."):
             _, idx, name = key.split(".", 2)
             state["state"].setdefault(int(idx), {})[name] = v
-    for key, v in meta["opt_scalars"].items():
+    for key, v in opt_scalars.items():
         idx, name = key.split(".", 1)
         state["state"].setdefault(int(idx), {})[name] = torch.tensor(v)
     opt.load_state_dict(state)
-    return int(meta["step"])
+    return step
 
 
 def save_model(path: Path, model: Model, cfg: Config, ident: dict) -> None:
@@ -211,8 +249,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mo
 
 def _check_finite(step: int, what: str, value: Tensor, ckpt_dir: Path) -> None:
     if not torch.isfinite(value).all():
-        last = ckpt_dir / "checkpoint.json"
-        where = f"step {json.loads(last.read_text())['step']} in {ckpt_dir}" if last.exists() else "none yet"
+        last = checkpoint_step(ckpt_dir)
+        where = f"step {last} in {ckpt_dir}" if last is not None else "none yet"
         raise TrainingDiverged(
             f"step {step}: {what} is NaN/Inf; stopped. Last good checkpoint: {where}. "
             "Lower train.lr or guidance.scale, or enable guidance.score_clip"
@@ -277,7 +315,7 @@ def train(
         weight_decay=cfg.train.weight_decay,
         foreach=False,
     )
-    start = load_checkpoint(ckpt_dir, model, opt, ident)
+    start = load_checkpoint(ckpt_dir, model, opt, ident, cfg.train.steps)
     schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)
     uncond = guidance.embed([""] * cfg.train.batch_views)
     every_preview = cfg.train.preview_every or max(1, cfg.train.steps // 10)

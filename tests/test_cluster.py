@@ -88,11 +88,13 @@ def test_sigkill_mid_training_then_retry_resumes_to_the_same_weights(workdir):
     killed = wd / "killed" / "v" / pid / "seed0"
     proc = subprocess.Popen(cmd(killed), cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (killed / "checkpoint/checkpoint.json").exists() and time.time() < deadline:
+    while not (killed / "checkpoint/checkpoint.safetensors").exists() and time.time() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    step = json.loads((killed / "checkpoint/checkpoint.json").read_text())["step"]
+    from pipeline.train import checkpoint_step
+
+    step = checkpoint_step(killed / "checkpoint")
     assert 0 < step < 40 and not (killed / "model.safetensors").exists()
     subprocess.run(cmd(killed), cwd=wd, env=env, check=True, capture_output=True)
     assert json.loads((killed / "metrics.json").read_text())["resumed_from"] >= step

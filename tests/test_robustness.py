@@ -9,7 +9,7 @@ import torch
 
 from pipeline.config import from_dict
 from pipeline.evaluate import ClipScorer, EvaluationError
-from pipeline.train import claim_gpu_slot, save_checkpoint, train
+from pipeline.train import checkpoint_step, claim_gpu_slot, save_checkpoint, train
 from tests.test_train import TINY
 
 
@@ -42,7 +42,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(tmp_path, model, opt, 6, ident)
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
-    assert '"step": 3' in (tmp_path / "checkpoint.json").read_text()
+    assert checkpoint_step(tmp_path) == 3
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]
 
 
@@ -140,3 +140,108 @@ def test_train_cli_reports_a_missing_gpu_in_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'config.yaml'}: guidance.name=stable")
     assert "Traceback" not in proc.stderr
+
+
+def _tiny_run(tmp_path, steps=6):
+    from pipeline.train import Model
+
+    cfg = from_dict({**TINY, "train": {**TINY["train"], "steps": steps}})
+    model = Model(cfg)
+    opt = torch.optim.Adam(model.parameters())
+    return cfg, model, opt
+
+
+def test_checkpoint_is_one_file_with_its_step(tmp_path):
+    """Weights and step used to be two renames: a kill between them resumed new weights at an old step."""
+    from pipeline.train import identity, load_checkpoint
+
+    cfg, model, opt = _tiny_run(tmp_path)
+    ident = identity(cfg, "p", "a red cube.", 0)
+    save_checkpoint(tmp_path, model, opt, 3, ident)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors"]
+    assert load_checkpoint(tmp_path, model, opt, ident, cfg.train.steps) == 3
+
+
+@pytest.mark.parametrize(
+    ("step", "needle"), [(1000, "step 1000 is outside this run's 1..5"), (-5, "step -5 is outside this run's 1..5")]
+)
+def test_checkpoint_step_outside_the_run_is_refused(tmp_path, step, needle):
+    from pipeline.train import CheckpointError, identity, load_checkpoint
+
+    cfg, model, opt = _tiny_run(tmp_path)
+    ident = identity(cfg, "p", "a red cube.", 0)
+    save_checkpoint(tmp_path, model, opt, step, ident)
+    with pytest.raises(CheckpointError, match=needle + r".*delete .* to start this object over"):
+        load_checkpoint(tmp_path, model, opt, ident, cfg.train.steps)
+
+
+def test_non_finite_checkpoint_is_never_written_or_resumed(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.train import CheckpointError, identity, load_checkpoint
+
+    cfg, model, opt = _tiny_run(tmp_path)
+    ident = identity(cfg, "p", "a red cube.", 0)
+    with torch.no_grad():
+        next(model.parameters())[..., 0] = float("nan")
+    with pytest.raises(CheckpointError, match="refusing to checkpoint non-finite"):
+        save_checkpoint(tmp_path, model, opt, 2, ident)
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+    cfg, model, opt = _tiny_run(tmp_path)
+    save_checkpoint(tmp_path, model, opt, 2, ident)
+    path = tmp_path / "checkpoint.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(path))
+    next(iter(tensors.values()))[..., 0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="holds NaN/Inf values"):
+        load_checkpoint(tmp_path, model, opt, ident, cfg.train.steps)
+
+
+@pytest.mark.parametrize("content", [b"", b"truncated", b"\x00" * 64])
+def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path, content):
+    from pipeline.train import CheckpointError, identity, load_checkpoint
+
+    cfg, model, opt = _tiny_run(tmp_path)
+    (tmp_path / "checkpoint.safetensors").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"checkpoint.safetensors: not a readable training checkpoint"):
+        load_checkpoint(tmp_path, model, opt, identity(cfg, "p", "t", 0), cfg.train.steps)
+
+
+def test_nan_views_are_an_evaluation_error_not_a_hit(tmp_path):
+    import numpy as np
+
+    from pipeline.evaluate import load_views
+
+    good = np.zeros((2, 3, 8, 8), np.float32)
+    np.savez(tmp_path / "ok.npz", color=good, textureless=good)
+    assert load_views(tmp_path / "ok.npz")["color"].shape == (2, 3, 8, 8)
+    bad = good.copy()
+    bad[0, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", color=bad, textureless=good)
+    with pytest.raises(EvaluationError, match=r"nan.npz: color views contain NaN/Inf"):
+        load_views(tmp_path / "nan.npz")
+    np.savez(tmp_path / "u8.npz", color=(good * 255).astype(np.uint8), textureless=good)
+    with pytest.raises(EvaluationError, match=r"u8.npz: color must be float \[N, 3, H, W\] in \[0, 1\], got uint8"):
+        load_views(tmp_path / "u8.npz")
+    np.savez(tmp_path / "255.npz", color=good + 255, textureless=good)
+    with pytest.raises(EvaluationError, match=r"255.npz: color values must lie in \[0, 1\]"):
+        load_views(tmp_path / "255.npz")
+    np.savez(tmp_path / "missing.npz", color=good)
+    with pytest.raises(EvaluationError, match=r"missing.npz: not a views.npz written by pipeline.views"):
+        load_views(tmp_path / "missing.npz")
+
+
+def test_nan_field_is_a_mesh_error_not_an_empty_success(tmp_path):
+    from pipeline.mesh import NonFiniteField, extract
+    from pipeline.train import Model
+
+    cfg = from_dict(TINY)
+    model = Model(cfg)
+    with torch.no_grad():
+        model.field.grid[0, 0, 2, 2, 2] = float("nan")
+    with pytest.raises(NonFiniteField, match="densities are NaN/Inf: the model is corrupt"):
+        extract(model.field, 16, 1.0, torch.device("cpu"))

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import from_dict
-from pipeline.train import CheckpointMismatch, TrainingDiverged, learning_rate, load_model, train
+from pipeline.train import CheckpointMismatch, TrainingDiverged, checkpoint_step, learning_rate, load_model, train
 from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
 
 TINY = {
@@ -51,7 +51,7 @@ def test_resume_gives_identical_weights(tmp_path, prior):
     cfg = from_dict(TINY)
     train(cfg, "p", "a red cube.", 1, tmp_path / "full", prior)
     assert train(cfg, "p", "a red cube.", 1, tmp_path / "cut", prior, stop_after=5) == {"stopped_at": 5}
-    assert json.loads((tmp_path / "cut/checkpoint/checkpoint.json").read_text())["step"] == 5
+    assert checkpoint_step(tmp_path / "cut/checkpoint") == 5
     m = train(cfg, "p", "a red cube.", 1, tmp_path / "cut", prior)
     assert m["resumed_from"] == 5
     a, b = load_file(str(tmp_path / "full/model.safetensors")), load_file(str(tmp_path / "cut/model.safetensors"))
@@ -90,7 +90,7 @@ def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path, prior):
     cfg = from_dict(TINY)
     with pytest.raises(TrainingDiverged, match=r"step 4: loss is NaN/Inf; stopped. Last good checkpoint: step 3"):
         train(cfg, "p", "a red cube.", 0, tmp_path, NaNAfter(prior, 4))
-    assert json.loads((tmp_path / "checkpoint/checkpoint.json").read_text())["step"] == 3
+    assert checkpoint_step(tmp_path / "checkpoint") == 3
     assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "metrics.json").exists()
 
 
