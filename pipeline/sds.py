@@ -134,6 +134,8 @@ class SDSOutput:
     """Weights w(t) [B]."""
     score_norm: Tensor
     """‖ε̂ − ε‖ per sample [B], before clipping."""
+    nonfinite: Tensor
+    """How many gradient elements were NaN/Inf and zeroed (a 0-d tensor)."""
 
 
 def sds_from_x(
@@ -161,9 +163,13 @@ def sds_from_x(
             score = score.clamp(-clip, clip)
         w = weighting(cfg.weighting, ab)
         grad = w.view(-1, 1, 1, 1) * score
+        # one NaN pixel (e.g. an fp16 overflow in the U-Net) would make the whole step NaN: zero it and count it,
+        # as both peers do (threestudio, stable-dreamfusion: nan_to_num on the SDS gradient)
+        nonfinite = (~torch.isfinite(grad)).sum()
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     target = (x - grad).detach()
     loss = 0.5 * ((x - target) ** 2).sum()
-    return SDSOutput(loss=loss, grad=grad, t=t, w=w, score_norm=score_norm)
+    return SDSOutput(loss=loss, grad=grad, t=t, w=w, score_norm=score_norm, nonfinite=nonfinite)
 
 
 def sds(

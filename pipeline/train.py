@@ -393,6 +393,7 @@ def train(
                 "opacity": float(res.opacity.detach().mean()),
                 "t_mean": float(s.t.float().mean()),
                 "score_norm": float(s.score_norm.mean()),
+                "sds_nonfinite": int(s.nonfinite),
                 "lr": learning_rate(cfg, step),
             }
             log.write(json.dumps(last) + "\n")

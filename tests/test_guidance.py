@@ -68,7 +68,12 @@ def test_missing_hub_model_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(GuidanceLoadError) as err:
         build_guidance(cfg, torch.device("cpu"))
     msg = str(err.value)
-    assert "DeepFloyd/IF-I-XL-v1.0" in msg and "huggingface-cli download" in msg and "accept the licence" in msg
+    assert (
+        "DeepFloyd/IF-I-XL-v1.0" in msg
+        and "`hf download DeepFloyd/IF-I-XL-v1.0`" in msg
+        and "huggingface-cli" not in msg
+        and "accept the licence" in msg
+    )
 
 
 def test_wrong_path_and_non_diffusers_folder(tmp_path):

@@ -202,3 +202,27 @@ def test_dreamtime_follows_the_prior():
         assert abs(int(ts[i]) - min(max(int((tail - target).abs().argmin()), 20), 980)) <= 1
     # the prior concentrates steps where it is flat: most steps land in [500, 800]
     assert ((ts >= 500) & (ts <= 800)).float().mean() > 0.5
+
+
+def test_a_nan_pixel_from_the_denoiser_is_zeroed_and_counted(gauss):
+    """One NaN pixel (an fp16 overflow) used to make the whole SDS gradient, and then the run, NaN."""
+
+    class NaNPixel(GaussianGuidance):
+        def predict_noise(self, z_t, t, cond, uncond):
+            eps_c, eps_u = super().predict_noise(z_t, t, cond, uncond)
+            eps_c = eps_c.clone()
+            eps_c[0, 1, 2, 3] = float("nan")
+            return eps_c, eps_u
+
+    g = NaNPixel(gauss.means, gauss.s)
+    x = torch.rand(2, 3, 4, 4, requires_grad=True)
+    noise = torch.randn(2, 3, 4, 4)
+    args = (g.embed(["1", "1"]), g.embed(["0", "0"]), torch.tensor([500, 500]), noise, GuidanceConfig(scale=10.0))
+    out = sds_from_x(g, x, *args)
+    out.loss.backward()
+    assert out.nonfinite.item() == 1 and out.grad[0, 1, 2, 3] == 0
+    assert torch.isfinite(x.grad).all() and torch.isfinite(out.loss)
+    clean = sds_from_x(gauss, x.detach(), *args)  # every other pixel is untouched
+    mask = torch.ones_like(clean.grad, dtype=torch.bool)
+    mask[0, 1, 2, 3] = False
+    assert torch.equal(out.grad[mask], clean.grad[mask]) and clean.nonfinite.item() == 0

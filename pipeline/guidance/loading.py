@@ -18,7 +18,7 @@ from pipeline.guidance.base import GuidanceLoadError
 
 LICENCE_HINT = {
     "DeepFloyd/": " DeepFloyd IF is gated: accept the licence at https://huggingface.co/DeepFloyd/IF-I-XL-v1.0 and run "
-    "`huggingface-cli login` first."
+    "`hf auth login` first."
 }
 
 
@@ -50,7 +50,7 @@ def resolve_model_dir(model: str) -> Path:
             raise GuidanceLoadError(
                 f"guidance.model {model!r}: not a local directory and could not be fetched from the Hugging Face hub "
                 f"(cache: {constants.HF_HUB_CACHE}; HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): "
-                f"{type(exc).__name__}. Download it on a machine with network: `huggingface-cli download {model}` "
+                f"{type(exc).__name__}. Download it on a machine with network: `hf download {model}` "
                 f"(then copy the cache or point guidance.model at the snapshot directory).{hint}"
             ) from None
     if not (root / "model_index.json").is_file():
