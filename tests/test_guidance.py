@@ -138,3 +138,18 @@ def test_compiled_unet_predicts_the_same_noise(tiny_dirs):
     args = (x, t, eager.embed(["a", "b"]), eager.embed(["", ""]))
     for a, b in zip(eager.predict_noise(*args), compiled.predict_noise(*args), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_if_loads_its_real_t5_tokenizer_and_pads_to_77(tiny_dirs):
+    """IF ships a T5Tokenizer with only spiece.model (needs sentencepiece) and no model_max_length (padding to it
+    overflowed); IF's pipeline and threestudio pad T5 prompts to 77 tokens."""
+    from transformers import T5Tokenizer
+
+    fi = build_guidance(
+        from_dict({"guidance": {"name": "deepfloyd-if", "model": str(tiny_dirs[1])}}), torch.device("cpu")
+    )
+    assert isinstance(fi.tokenizer, T5Tokenizer) and fi.tokenizer.model_max_length > 10**20
+    emb = fi.embed(["a red cube, front view", "a squirrel eating a burger"])
+    assert emb.shape == (2, 77, 32) and torch.isfinite(emb).all()
+    ids = fi.tokenizer(["a red cube"], padding="max_length", max_length=77).input_ids[0]
+    assert ids[:4] != [0, 0, 0, 0] and ids[-1] == 0  # real pieces, then T5's pad id

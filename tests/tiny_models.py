@@ -71,15 +71,52 @@ def save_tiny_sd(root: Path, seed: int = 0) -> Path:
     return root
 
 
+T5_TEXTS = [
+    "a red cube",
+    "a blue sphere, front view",
+    "a squirrel eating a burger, side view",
+    "an orange pyramid, back view",
+    "a yellow cone, overhead view",
+    "a purple torus",
+    "a plate with a couple of hot dogs on it",
+]
+
+
+def save_t5_tokenizer(directory: Path) -> Path:
+    """A real T5Tokenizer folder as DeepFloyd IF ships it (`spiece.model` + tokenizer_config.json, no tokenizer.json,
+    no model_max_length): a tiny sentencepiece unigram model trained offline on a few lines, T5's special ids."""
+    import json
+
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(T5_TEXTS * 3),
+        model_prefix=str(directory / "spiece"),
+        vocab_size=40,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    (directory / "spiece.vocab").unlink()
+    config = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "pad_token": "<pad>", "eos_token": "</s>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "unk_token": "<unk>"}))
+    return directory
+
+
 def save_tiny_if(root: Path, seed: int = 0) -> Path:
-    """IF-style: pixel UNet at 16×16 with 6 output channels (ε + variance), a T5 encoder."""
+    """IF-style: pixel UNet at 16×16 with 6 output channels (ε + variance), a T5 encoder and IF's T5Tokenizer."""
     torch.manual_seed(seed)
     root.mkdir(parents=True, exist_ok=True)
     _unet(3, 6, 16, 32).save_pretrained(root / "unet")
-    T5EncoderModel(T5Config(vocab_size=49408, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)).save_pretrained(
+    T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)).save_pretrained(
         root / "text_encoder"
     )
-    clip_tokenizer(root / "tokenizer_src").save_pretrained(root / "tokenizer")
+    save_t5_tokenizer(root / "tokenizer")
     DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range").save_pretrained(root / "scheduler")
     _write_index(
         root,
@@ -87,7 +124,7 @@ def save_tiny_if(root: Path, seed: int = 0) -> Path:
         {
             "unet": ("diffusers", "UNet2DConditionModel"),
             "text_encoder": ("transformers", "T5EncoderModel"),
-            "tokenizer": ("transformers", "CLIPTokenizer"),
+            "tokenizer": ("transformers", "T5Tokenizer"),
             "scheduler": ("diffusers", "DDPMScheduler"),
         },
     )

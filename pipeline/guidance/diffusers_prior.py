@@ -49,11 +49,15 @@ class DiffusersGuidance(Guidance):
         for module in (self.text_encoder, self.unet):
             module.requires_grad_(False)
 
+    MAX_TOKENS = 77
+    """Prompt length in tokens: SD's CLIP context, and what IF's pipeline and threestudio pad T5 prompts to (a T5
+    tokenizer saved without `model_max_length` reports ~1e30 and padding to it overflows)."""
+
     def _encode_text(self, texts: list[str]) -> Tensor:
         tok = self.tokenizer(
             texts,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=min(self.tokenizer.model_max_length, self.MAX_TOKENS),
             truncation=True,
             return_tensors="pt",
         )
