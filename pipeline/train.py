@@ -34,7 +34,7 @@ from pipeline.config import Config, scheduled
 from pipeline.config import load as load_config
 from pipeline.guidance import Guidance, build_guidance
 from pipeline.io import atomic_write, atomic_write_json
-from pipeline.nerf.cameras import orbit_cameras, sample_cameras, with_suffix
+from pipeline.nerf.cameras import VIEW_SUFFIXES, orbit_cameras, sample_cameras, with_suffix
 from pipeline.nerf.field import build_field
 from pipeline.nerf.renderer import Background, Shading, render, sample_shading
 from pipeline.sds import TimestepSchedule, sds
@@ -318,6 +318,9 @@ def train(
     start = load_checkpoint(ckpt_dir, model, opt, ident, cfg.train.steps)
     schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)
     uncond = guidance.embed([""] * cfg.train.batch_views)
+    base = text.rstrip(".")
+    guidance.embed([f"{base}, {v}" for v in VIEW_SUFFIXES] if cfg.guidance.view_suffix else [text])
+    guidance.release_text_encoder()  # every text this run needs is cached
     every_preview = cfg.train.preview_every or max(1, cfg.train.steps // 10)
     log_path = out / "log.jsonl"
     out.mkdir(parents=True, exist_ok=True)

@@ -153,3 +153,23 @@ def test_if_loads_its_real_t5_tokenizer_and_pads_to_77(tiny_dirs):
     assert emb.shape == (2, 77, 32) and torch.isfinite(emb).all()
     ids = fi.tokenizer(["a red cube"], padding="max_length", max_length=77).input_ids[0]
     assert ids[:4] != [0, 0, 0, 0] and ids[-1] == 0  # real pieces, then T5's pad id
+
+
+def test_text_encoder_is_freed_once_a_run_has_its_embeddings(tiny_dirs, tmp_path):
+    from pipeline.train import train
+    from tests.test_train import TINY
+
+    cfg = from_dict(
+        {
+            **TINY,
+            "guidance": {"name": "deepfloyd-if", "model": str(tiny_dirs[1])},
+            "train": {**TINY["train"], "steps": 2, "device": "cpu"},
+        }
+    )
+    fi = build_guidance(cfg, torch.device("cpu"))
+    assert fi.text_encoder is not None
+    train(cfg, "p", "a red cube.", 0, tmp_path / "out", fi)
+    assert fi.text_encoder is None  # dropped: its memory is free for the U-Net
+    assert fi.embed(["a red cube, side view"]).shape == (1, 77, 32)  # cached before the release
+    with pytest.raises(RuntimeError, match="text encoder was released; 'a blue cube' was not embedded"):
+        fi.embed(["a blue cube"])

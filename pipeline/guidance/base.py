@@ -38,12 +38,19 @@ class Guidance(ABC):
     def embed(self, texts: list[str]) -> Tensor:
         """Embeddings [B, ...] of `texts`, each computed once and cached (prompt × view suffix, and "")."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing and getattr(self, "_released", False):
+            raise RuntimeError(f"text encoder was released; {missing[0]!r} was not embedded before (embed it first)")
         if missing:
             with torch.no_grad():
                 new = self._encode_text(missing)
             for t, e in zip(missing, new, strict=True):
                 self._text_cache[t] = e
         return torch.stack([self._text_cache[t] for t in texts])
+
+    def release_text_encoder(self) -> None:
+        """Free the text encoder once every text a run needs is cached (T5-XXL holds ~9.5 GB of GPU memory that only a
+        handful of embeddings ever need). Later `embed` calls may only ask for cached texts. Here: nothing to free."""
+        return None
 
     @abstractmethod
     def _encode_text(self, texts: list[str]) -> Tensor:

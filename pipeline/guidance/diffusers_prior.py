@@ -66,6 +66,12 @@ class DiffusersGuidance(Guidance):
             kwargs["attention_mask"] = tok.attention_mask.to(self.device)
         return self.text_encoder(tok.input_ids.to(self.device), **kwargs)[0].to(self.dtype)
 
+    def release_text_encoder(self) -> None:
+        self._released = True
+        self.text_encoder = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @torch.no_grad()
     def predict_noise(self, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
         z = torch.cat([z_t, z_t]).to(self.dtype)

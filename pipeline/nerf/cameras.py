@@ -41,6 +41,9 @@ class Cameras:
         return Cameras(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
 
+VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
+
+
 def view_suffix(elevation: float, azimuth: float) -> str:
     """Paper / threestudio rule: overhead above 60° elevation; front within ±45° of 0°, back within ±45° of 180°."""
     if elevation > 60.0:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pipeline.config import Config
-from pipeline.nerf.cameras import Cameras, sample_cameras, view_suffix
+from pipeline.nerf.cameras import VIEW_SUFFIXES, Cameras, sample_cameras, view_suffix
 from pipeline.nerf.field import Field
 from pipeline.nerf.renderer import Background, Shading, render_chunked
 
@@ -29,7 +29,7 @@ COLOURS = {
     "purple": (0.55, 0.15, 0.75),
     "orange": (1.0, 0.5, 0.05),
 }
-VIEWS = ["front view", "side view", "back view", "overhead view"]
+VIEWS = list(VIEW_SUFFIXES)
 
 
 def caption(colour: str, shape: str) -> str:
