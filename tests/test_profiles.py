@@ -1,3 +1,5 @@
+import yaml
+
 from tests.conftest import run_snakemake
 
 
@@ -43,3 +45,16 @@ def test_kubernetes_profile_sets_the_gpu_manufacturer(workdir):
     prof = yaml.safe_load((workdir / "profiles/kubernetes/config.yaml").read_text())
     assert prof["default-resources"]["gpu_manufacturer"] == "nvidia"
     assert "nvidia_gpu" not in str(prof)
+
+
+def test_conda_env_pins_equal_pyproject_and_need_no_project_path():
+    """`pip: -e ..` broke once Snakemake copied the env file under .snakemake/conda/."""
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    env = yaml.safe_load((ROOT / "envs/dreamfusion.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert pip == deps
+    assert not any(p.startswith(("-e", ".", "/")) for p in pip)
