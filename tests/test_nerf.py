@@ -109,8 +109,20 @@ def test_backgrounds(mode):
     d = torch.nn.functional.normalize(torch.randn(2, 4, 4, 3), dim=-1)
     out = bg(d, training=True, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 4, 4, 3) and out.min() >= 0 and out.max() <= 1
-    if mode != "mlp":
-        torch.testing.assert_close(bg(d, training=False), torch.tensor([0.0, 1.0, 0.0]).expand(2, 4, 4, 3))
+    # evaluation views, previews and turntables: always the fixed colour, whatever was learned
+    torch.testing.assert_close(bg(d, training=False), torch.tensor([0.0, 1.0, 0.0]).expand(2, 4, 4, 3))
+
+
+def test_random_background_probability_and_low_frequency_mlp():
+    d = torch.nn.functional.normalize(torch.randn(4000, 2, 2, 3), dim=-1)
+    green = torch.tensor([0.0, 1.0, 0.0])
+    bg = Background(RenderConfig(background="solid", background_color=[0.0, 1.0, 0.0], random_background_p=0.3))
+    out = bg(d, training=True, generator=torch.Generator().manual_seed(0))
+    replaced = ~(out[:, 0, 0] == green).all(-1)
+    assert abs(replaced.float().mean().item() - 0.3) < 0.03
+    assert (out == out[:, :1, :1]).all()  # a solid colour per view
+    mlp = Background(RenderConfig(background="mlp", background_freqs=2))
+    assert mlp.mlp[0].in_features == 3 + 6 * 2
 
 
 def test_unit_matches_normalize_and_keeps_zero_vectors_finite():
@@ -141,3 +153,33 @@ def test_render_chunked_equals_one_render():
     for name in ("rgb", "foreground", "opacity", "depth", "normal"):
         torch.testing.assert_close(getattr(parts, name), getattr(whole, name), atol=1e-6, rtol=0)
     torch.testing.assert_close(parts.orientation, whole.orientation, atol=1e-7, rtol=1e-5)
+
+
+def test_pyramid_unlocks_levels_coarse_to_fine():
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import PyramidField, build_field
+
+    f = build_field(FieldConfig(kind="pyramid", levels=[4, 8, 16], unlock_steps=[100, 300]))
+    assert isinstance(f, PyramidField) and f.resolution == 16
+    expected = {0: [1, 0, 0], 100: [1, 0, 0], 150: [1, 0.5, 0], 200: [1, 1, 0], 250: [1, 1, 0.5], 400: [1, 1, 1]}
+    for step, weights in expected.items():
+        f.set_step(step)
+        assert f.level_weights() == pytest.approx(weights)
+    f.set_step(None)
+    assert f.level_weights() == [1, 1, 1]  # evaluation: the whole field
+
+
+def test_pyramid_sums_upsampled_levels_and_fine_levels_only_add_detail():
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import build_field
+
+    f = build_field(FieldConfig(kind="pyramid", levels=[2, 16], unlock_steps=[0, 10]))
+    with torch.no_grad():
+        f.levels[0][0, 0] = torch.tensor([[[0.0, 1.0], [2.0, 3.0]], [[4.0, 5.0], [6.0, 7.0]]])
+        f.levels[1].normal_()
+    f.set_step(0)  # fine level locked: the coarse level's trilinear interpolation, corners exact
+    raw = f._raw()[0, 0]
+    assert raw[0, 0, 0] == 0.0 and raw[-1, -1, -1] == 7.0 and raw[0, 0, -1] == 1.0
+    f.set_step(None)
+    torch.testing.assert_close(f._raw()[0, 0] - raw, f.levels[1][0, 0])
+    assert f.total_variation() > 0
