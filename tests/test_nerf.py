@@ -183,3 +183,20 @@ def test_pyramid_sums_upsampled_levels_and_fine_levels_only_add_detail():
     f.set_step(None)
     torch.testing.assert_close(f._raw()[0, 0] - raw, f.levels[1][0, 0])
     assert f.total_variation() > 0
+
+
+def test_pyramid_with_mlp_looks_up_each_level_at_the_points():
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import build_field
+
+    f = build_field(FieldConfig(kind="pyramid", levels=[4, 8], features=8, mlp_hidden=16, unlock_steps=[0, 10]))
+    with torch.no_grad():
+        for g in f.levels:
+            g.normal_()
+    pts = torch.rand(5, 3) * 2 - 1
+    expected = f._sample(f.levels[0], pts) + f._sample(f.levels[1], pts)
+    torch.testing.assert_close(f._features(pts), expected)
+    f.set_step(0)
+    torch.testing.assert_close(f._features(pts), f._sample(f.levels[0], pts))
+    sigma, albedo = f.density_albedo(pts)
+    assert sigma.shape == (5,) and albedo.shape == (5, 3) and (sigma >= 0).all()

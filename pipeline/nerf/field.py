@@ -77,6 +77,10 @@ class GridField(Field):
         """The trainable features as one volume [1, C, R, R, R]."""
         return self.grid
 
+    def _features(self, pts: Tensor) -> Tensor:
+        """The MLP's input at pts [..., 3] → [..., C]."""
+        return self._sample(self.grid, pts)
+
     def set_step(self, step: int | None) -> None:
         """The training step (for coarse-to-fine fields); None = fully unlocked (evaluation)."""
 
@@ -117,7 +121,7 @@ class GridField(Field):
         if self.mlp is None:
             out = self._sample(self._volume(False), pts)
             return out[..., 0], torch.sigmoid(out[..., 1:4])
-        out = self.mlp(self._sample(self._raw(), pts))
+        out = self.mlp(self._features(pts))
         prior = blob(pts, self.cfg.blob, self.cfg.blob_density, self.cfg.blob_radius)
         return self._activate(out[..., 0] + prior + self.cfg.density_shift), torch.sigmoid(out[..., 1:4])
 
@@ -129,10 +133,11 @@ class GridField(Field):
 
 
 class PyramidField(GridField):
-    """Dense grids at several resolutions, each trilinearly upsampled to the finest and summed, so coarse levels
-    shape the object and fine ones add detail. Levels above the coarsest fade in one after another over
-    `unlock_steps` (coarse-to-fine): early SDS steps can only move low frequencies, which keeps the first shape
-    compact instead of a cloud of high-frequency fog."""
+    """Dense grids at several resolutions, summed, so coarse levels shape the object and fine ones add detail: with
+    an MLP decoder, one trilinear lookup per level at the sample points; without one, the levels are upsampled to the
+    finest and summed into one volume (whose central differences give the normals). Levels above the coarsest fade
+    in one after another over `unlock_steps` (coarse-to-fine): early SDS steps can only move low frequencies, which
+    keeps the first shape compact instead of a cloud of high-frequency fog."""
 
     def _make_grids(self, cfg: FieldConfig) -> int:
         self.levels = nn.ParameterList(nn.Parameter(torch.zeros(1, cfg.features, r, r, r)) for r in cfg.levels)
@@ -153,6 +158,15 @@ class PyramidField(GridField):
         for level in range(1, n):
             begin = start + (level - 1) * span
             out.append(1.0 if span <= 0 else min(max((self._step - begin) / span, 0.0), 1.0))
+        return out
+
+    def _features(self, pts: Tensor) -> Tensor:
+        """MLP input at pts [..., 3]: one trilinear lookup per unlocked level, weighted and summed → [..., C]."""
+        out = None
+        for grid, weight in zip(self.levels, self.level_weights(), strict=True):
+            if weight > 0.0:
+                f = self._sample(grid, pts) * weight
+                out = f if out is None else out + f
         return out
 
     def _raw(self) -> Tensor:
