@@ -130,7 +130,7 @@ class CameraConfig:
 
 @dataclass
 class FieldConfig:
-    kind: Literal["grid", "pyramid"] = "grid"
+    kind: Literal["grid", "pyramid"] = "pyramid"
     """grid: one dense grid of `resolution`³; pyramid: dense grids at the `levels` resolutions, trilinearly upsampled
     to the finest and summed, the fine levels unlocked coarse-to-fine over `unlock_steps` (threestudio's progressive
     band-limited grid, dense)."""
@@ -140,9 +140,9 @@ class FieldConfig:
     """Pyramid level resolutions, coarse to fine (kind: pyramid)."""
     unlock_steps: list[int] = field(default_factory=lambda: [0, 200])
     """Pyramid: [start, end] steps over which the levels above the coarsest fade in, one after another."""
-    density_shift: float = -4.0
-    """Pre-activation density offset: with softplus, −4 makes empty space start at σ ≈ 0.018 (nearly
-    transparent) while the blob makes the initial object."""
+    density_shift: float = 0.0
+    """Pre-activation density offset. 0 with the linear blob (Magic3D), whose negative tail already makes empty space
+    transparent; the paper's small gaussian blob needs about −4 (softplus(−4) ≈ 0.018)."""
     features: int = field(default=4, metadata=_range(4))
     """Feature channels per voxel; with `mlp_hidden: 0` it must be 4 (density + RGB albedo read directly)."""
     mlp_hidden: int = field(default=0, metadata=_range(0))
@@ -151,11 +151,11 @@ class FieldConfig:
     """Half side of the cube the field lives in; rays are sampled inside the sphere of radius bound·√3 ∩ cube."""
     density_activation: Literal["exp", "softplus"] = "softplus"
     """Density activation (paper: exp)."""
-    blob: Literal["gaussian", "linear", "none"] = "gaussian"
+    blob: Literal["gaussian", "linear", "none"] = "linear"
     """Density blob added at init: gaussian λ·exp(−‖μ‖²/2σ²) (paper) or linear λ·(1 − ‖μ‖/σ) (Magic3D)."""
-    blob_density: float = field(default=5.0, metadata=_range(0.0))
+    blob_density: float = field(default=10.0, metadata=_range(0.0))
     """Blob strength λ_τ (paper 5; Magic3D linear 10)."""
-    blob_radius: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
+    blob_radius: float = field(default=0.5, metadata=_range(0.0, lo_open=True))
     """Blob width σ_τ (paper 0.2; Magic3D linear 0.5)."""
 
 

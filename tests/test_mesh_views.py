@@ -57,7 +57,14 @@ def test_mesh_silhouette_matches_analytic_disc(tmp_path):
 TINY = {
     "render": {"resolution": 16, "samples": 16},
     "world": {"resolution": 16},
-    "nerf": {"resolution": 16, "blob_density": 12.0, "blob_radius": 0.3},
+    "nerf": {
+        "kind": "grid",
+        "resolution": 16,
+        "blob": "gaussian",
+        "blob_density": 12.0,
+        "blob_radius": 0.3,
+        "density_shift": -4.0,
+    },
     "mesh": {"resolution": 32},
     "views": {"azimuths": 4, "resolution": 16, "turntable_frames": 3, "samples": 32},
     "tracking": {"enabled": False},

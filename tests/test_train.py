@@ -11,7 +11,7 @@ from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
 TINY = {
     "world": {"images_per_caption": 8, "resolution": 16},
     "render": {"resolution": 16, "samples": 16},
-    "nerf": {"resolution": 12},
+    "nerf": {"levels": [4, 8, 12], "unlock_steps": [0, 2]},
     "shading": {"albedo_steps": 2},
     "train": {"steps": 8, "batch_views": 2, "checkpoint_every": 3, "warmup_steps": 2},
     "tracking": {"enabled": False},

@@ -15,7 +15,7 @@ TINY = {
     "prompts": {"select": ["a red cube", "a blue sphere"]},
     "world": {"images_per_caption": 8, "resolution": 16},
     "render": {"resolution": 16, "samples": 16},
-    "nerf": {"resolution": 12, "blob_density": 10.0, "blob_radius": 0.4},
+    "nerf": {"levels": [4, 8, 12], "unlock_steps": [0, 2]},
     "shading": {"albedo_steps": 2},
     "train": {"steps": 4, "batch_views": 2, "checkpoint_every": 2, "warmup_steps": 1},
     "mesh": {"resolution": 24},
