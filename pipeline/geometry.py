@@ -81,9 +81,13 @@ def true_surface(shape: str, n: int = SURFACE_POINTS, resolution: int = TRUTH_GR
     verts, faces = mcubes.marching_cubes(-d, 0.0)
     verts = verts * (2 * extent / (resolution - 1)) - extent
     points, _ = sample_mesh(verts, faces, n, seed)
-    p = torch.as_tensor(points, dtype=torch.float32).requires_grad_(True)
-    (grad,) = torch.autograd.grad(sdf(shape, p).sum(), p)
-    normals = torch.nn.functional.normalize(grad, dim=-1).numpy()
+    # central differences, not autograd: points land exactly on the cube's faces, where the clamps of its sdf have
+    # zero gradient (autograd gave zero normals there)
+    p = torch.as_tensor(points, dtype=torch.float64)
+    eps = 1e-4
+    offsets = torch.eye(3, dtype=torch.float64) * eps
+    grad = torch.stack([(sdf(shape, p + o) - sdf(shape, p - o)) / (2 * eps) for o in offsets], -1)
+    normals = torch.nn.functional.normalize(grad, dim=-1).float().numpy()
     return points, normals
 
 

@@ -100,3 +100,12 @@ def test_sample_mesh_is_uniform_by_area_and_deterministic():
     in_small = (p1[:, 0] + p1[:, 1] <= 1).mean()  # small triangle has 1/9 of the area, but lies inside the big one
     assert in_small == pytest.approx(0.1 + 0.9 / 9, abs=0.01)
     assert np.allclose(np.abs(n1[:, 2]), 1.0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_true_normals_are_unit_and_agree_with_themselves(shape):
+    """Cube points sit exactly on its faces, where autograd through the sdf's clamps gave zero normals."""
+    p1, n1 = g.true_surface(shape, 4000, seed=0)
+    p2, n2 = g.true_surface(shape, 4000, seed=1)
+    assert np.allclose(np.linalg.norm(n1, axis=1), 1.0, atol=1e-4)
+    assert g.surface_scores(p1, n1, p2, n2)["normal_consistency"] > 0.97
