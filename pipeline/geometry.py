@@ -122,11 +122,12 @@ def surface_scores(
 
 
 def silhouette_iou(opacity: Tensor, true_opacity: Tensor) -> float:
-    """Mean per-view IoU of {opacity > 0.5} masks [N, 1, H, W] (a view where both are empty counts 1)."""
-    a, b = opacity > 0.5, true_opacity > 0.5
-    inter = (a & b).flatten(1).sum(1).double()
-    union = (a | b).flatten(1).sum(1).double()
-    return float(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean())
+    """Mean per-view IoU of {opacity > 0.5} masks [N, 1, H, W] (a view where both are empty counts 1), with the views
+    stage's mask IoU."""
+    from pipeline.views import silhouette_iou as mask_iou
+
+    a, b = (opacity[:, 0] > 0.5).numpy(), (true_opacity[:, 0] > 0.5).numpy()
+    return float(np.mean([mask_iou(x, y) for x, y in zip(a, b, strict=True)]))
 
 
 def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[str, Any]:
