@@ -511,8 +511,8 @@ def _check_semantics(cfg: Config, src: str) -> None:
         )
     if len(cfg.render.background_color) != 3:
         raise ConfigError(f"{src}: render.background_color must be [r, g, b], got {cfg.render.background_color!r}")
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigError(f"{src}: seeds must be a non-empty list of distinct integers, got {cfg.seeds!r}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or min(cfg.seeds) < 0:
+        raise ConfigError(f"{src}: seeds must be a non-empty list of distinct integers >= 0, got {cfg.seeds!r}")
     if cfg.guidance.name == "world" and cfg.world.resolution != cfg.render.resolution:
         raise ConfigError(
             f"{src}: world.resolution ({cfg.world.resolution}) must equal render.resolution "

@@ -31,6 +31,8 @@ def test_params_yaml_loads():
         ({"tracking": {"enabled": "yes"}}, "tracking.enabled must be true/false"),
         ({"camera": {"distance": [3, 2]}}, "camera.distance must be [low, high]"),
         ({"seeds": [0, 0]}, "seeds must be a non-empty list of distinct integers"),
+        ({"seeds": [-1]}, "seeds must be a non-empty list of distinct integers >= 0, got [-1]"),
+        ({"train": {"lr": "1e-3", "steps": "ten"}}, "train.steps must be an integer, got 'ten'"),
         ({"guidance": 5}, "guidance must be a mapping"),
         ({"sweep": {"guidance.scael": [1, 2]}}, "sweep key 'guidance.scael' is not a params key"),
         ({"sweep": {"guidance.scale": [10, -1]}}, "guidance.scale must be >= 0.0, got -1"),
