@@ -24,7 +24,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
     import pipeline.train as tr
     from pipeline.train import Model
 
-    cfg = from_dict(TINY)
+    cfg = from_dict({**TINY, "nerf": {"kind": "grid", "resolution": 12}})
     model = Model(cfg)
     opt = torch.optim.Adam(model.parameters())
     ident = {"x": 1}
@@ -239,7 +239,7 @@ def test_nan_field_is_a_mesh_error_not_an_empty_success(tmp_path):
     from pipeline.mesh import NonFiniteField, extract
     from pipeline.train import Model
 
-    cfg = from_dict(TINY)
+    cfg = from_dict({**TINY, "nerf": {"kind": "grid", "resolution": 12}})
     model = Model(cfg)
     with torch.no_grad():
         model.field.grid[0, 0, 2, 2, 2] = float("nan")
