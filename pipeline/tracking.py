@@ -242,7 +242,7 @@ def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
         ]
         _log_metrics(client, run_id, history)
     _log_params(client, run_id, {f"object.{k}": str(record[k]) for k in PARAM_KEYS if k in record})
-    measured = {k: v for k, v in _flatten({k: v for k, v in record.items() if k not in PARAM_KEYS}).items()}
+    measured = _flatten({k: v for k, v in record.items() if k not in PARAM_KEYS})
     final = [Metric(f"final.{k}", float(v), ts, 0) for k, v in measured.items() if _float(v) is not None]
     _log_metrics(client, run_id, final)
     geometry = folder / "geometry.json"
