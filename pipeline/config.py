@@ -314,6 +314,10 @@ class Config:
     """The bundled offline world."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow."""
+    study: str = ""
+    """Name of this experiment (a sweep or a comparison): its report goes to reports/<study>/, so the sweeps of one
+    benchmark keep separate reports while sharing the objects they have in common (a variant's results folder is
+    results/<benchmark>/<variant>/). Empty = the benchmark name. Not part of a variant's resolved config."""
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     """Grid of dotted keys to value lists, e.g. {guidance.scale: [10, 30]}; every combination is a variant."""
     ablation: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -329,6 +333,7 @@ class Config:
         d = self.to_dict()
         d.pop("sweep")
         d.pop("ablation")
+        d.pop("study")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -493,6 +498,11 @@ def _check_semantics(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: schedule.t_min ({lo}) must be below schedule.t_max ({hi})")
     if cfg.nerf.mlp_hidden == 0 and cfg.nerf.features != 4:
         raise ConfigError(f"{src}: nerf.features must be 4 when nerf.mlp_hidden is 0, got {cfg.nerf.features}")
+    if cfg.study and (not SAFE_NAME.fullmatch(cfg.study) or ".." in cfg.study):
+        raise ConfigError(
+            f"{src}: study must be a plain folder name (letters, digits, '.', '_', '-'; it names reports/<study>/), "
+            f"got {cfg.study!r}"
+        )
     if not SAFE_NAME.fullmatch(cfg.prompts.benchmark) or ".." in cfg.prompts.benchmark:
         raise ConfigError(
             f"{src}: prompts.benchmark must be a plain file name (letters, digits, '.', '_', '-'; it names "
@@ -535,7 +545,7 @@ def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
     for key, values in cfg.sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{src}: sweep.{key} must be a non-empty list of values, got {values!r}")
-        if key in ("sweep", "seeds") or key.startswith("prompts."):
+        if key in ("sweep", "seeds", "study", "ablation") or key.startswith("prompts."):
             raise ConfigError(f"{src}: sweep.{key} cannot be swept (use seeds / prompts directly)")
         for v in values:
             variant = _set_dotted(cfg.to_dict(), key, v, src)
@@ -609,6 +619,7 @@ def variants(cfg: Config) -> dict[str, Config]:
     """Expand the sweep into {variant name: resolved Config (sweep cleared)}; no sweep gives one variant."""
     base = cfg.to_dict()
     base["sweep"] = {}
+    base["study"] = ""  # the report folder, not a setting of the objects: studies share identical variants
     keys = list(cfg.sweep)
     combos: list[dict[str, Any]] = [{}]
     for key in keys:

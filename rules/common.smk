@@ -20,7 +20,8 @@ except (cfgmod.ConfigError, promptmod.PromptFileError) as exc:
     raise WorkflowError(str(exc)) from None
 
 RESULTS = f"results/{BENCH}"
-REPORT = f"reports/{BENCH}"  # outside results/ so DVC metrics do not overlap the results output
+STUDY = CFG.study or BENCH
+REPORT = f"reports/{STUDY}"  # outside results/ so DVC metrics do not overlap the results output
 PROMPT_IDS = [p.id for p in PROMPTS]
 SEEDS = CFG.seeds
 

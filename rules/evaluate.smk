@@ -60,7 +60,7 @@ rule report:
         gt=lambda w, input: ["--ground-truth", input.gt] if input.gt else [],
         bootstrap=CFG.evaluate.bootstrap,
     log:
-        f"{RESULTS}/logs/report.log",
+        f"{RESULTS}/logs/report-{STUDY}.log",
     conda:
         "../envs/dreamfusion.yaml"
     shell:
@@ -84,7 +84,7 @@ rule track:
     params:
         variants=lambda w, input: [os.path.dirname(c) for c in input.configs],
     log:
-        f"{RESULTS}/logs/track.log",
+        f"{RESULTS}/logs/track-{STUDY}.log",
     conda:
         "../envs/dreamfusion.yaml"
     shell:
