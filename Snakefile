@@ -18,6 +18,7 @@ include: "rules/world.smk"
 
 localrules:
     track,
+    publish,
 
 
 rule all:
@@ -25,4 +26,5 @@ rule all:
         f"{REPORT}/index.html",
         [f"{REPORT}/mlflow.json"] if CFG.tracking.enabled else [],
         f"{REPORT}/metrics.json",
+        [f"{REPORT}/findings.md"] if len(VARIANTS) > 1 else [],
         [f for v in VARIANTS for f in objects(v, "mesh.glb")],

@@ -89,3 +89,49 @@ rule track:
         "../envs/dreamfusion.yaml"
     shell:
         "python -m pipeline.tracking --variants {params.variants:q} --prompts {input.prompts:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule findings:
+    """What the study shows: every variant paired against the first on every metric (BCa intervals, effect sizes,
+    Holm-corrected permutation tests, the minimum detectable difference), a paragraph per metric and a plot."""
+    input:
+        evals=expand(f"{RESULTS}/{{variant}}/rprecision.json", variant=VARIANTS),
+        configs=expand(f"{RESULTS}/{{variant}}/config.yaml", variant=VARIANTS),
+        code=code("pipeline.findings"),
+    output:
+        md=f"{REPORT}/findings.md",
+        csv=f"{REPORT}/findings.csv",
+        png=f"{REPORT}/findings.png",
+    params:
+        out=lambda w, output: os.path.dirname(output.md),
+        study=STUDY,
+    log:
+        f"{RESULTS}/logs/findings-{STUDY}.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.findings --study {params.study:q} --evals {input.evals:q} --configs {input.configs:q}"
+        " --out-dir {params.out:q} > {log:q} 2>&1"
+
+
+rule publish:
+    """Copy the study's findings page and plot to docs/findings/<study>.{md,png}, the pages the README links
+    (`snakemake --cores all publish --configfile configs/<sweep>.yaml`; not part of `all`)."""
+    input:
+        md=f"{REPORT}/findings.md",
+        png=f"{REPORT}/findings.png",
+        code=code("pipeline.findings"),
+    output:
+        md=f"docs/findings/{STUDY}.md",
+        png=f"docs/findings/{STUDY}.png",
+    params:
+        src=lambda w, input: os.path.dirname(input.md),
+        dest=lambda w, output: os.path.dirname(output.md),
+        study=STUDY,
+    log:
+        f"{RESULTS}/logs/publish-{STUDY}.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.findings --study {params.study:q} --out-dir {params.src:q} --publish-to {params.dest:q}"
+        " > {log:q} 2>&1"

@@ -109,6 +109,15 @@ def test_full_tiny_run_with_mlflow(workdir):
     assert "train" in _scheduled(dry)
     bad = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", 'train={"lr": "fast"}', "-n", check=False)
     assert bad.returncode != 0 and "train.lr must be a number, got 'fast'" in bad.stdout + bad.stderr
+    # the study's findings: every variant paired against the first, with the verdict per metric
+    found = (rep / "findings.md").read_text()
+    assert "Paired differences against w = 10" in found and "| 3D IoU | w = 30" in found
+    # another study over the same variants (its own report folder) trains nothing: the objects are shared
+    dry = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", "study=other", "-n").stdout
+    assert _scheduled(dry) == {"findings", "report", "track", "all"}
+    run_snakemake(wd, "publish", "--configfile", "tiny.yaml")  # the target first: --configfile takes a list
+    assert (wd / "docs/findings/primitives.md").read_text().count("](primitives.png)") == 1
+    assert (wd / "docs/findings/primitives.png").read_bytes() == (rep / "findings.png").read_bytes()
     (wd / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "sweep": {"guidance.scale": [10, 50]}}))
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "-n")
     assert "variant=world-w50-uniform" in dry.stdout and "variant=world-w10-uniform" not in dry.stdout

@@ -1,0 +1,366 @@
+"""What a study (a sweep or an ablation) shows: every variant paired against the baseline on every metric, with the
+statistics of pipeline/stats.py, one paragraph per metric, a per-prompt table and a plot, all generated from the
+evaluation files, so a re-run of the workflow regenerates the page to the digit.
+
+Outputs (reports/<study>/): findings.md, findings.csv (one row per variant × metric), findings.png. The workflow's
+`publish` target copies the page and the plot to docs/findings/<study>.{md,png}, which the README links.
+
+    python -m pipeline.findings --study sweep-guidance --evals results/b/*/rprecision.json \
+        --configs results/b/*/config.yaml --out-dir reports/sweep-guidance
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipeline import stats
+from pipeline.io import atomic_path, atomic_write_text
+from pipeline.metrics import clip_short_name
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+    percent: bool = False
+
+    def fmt(self, x: float, signed: bool = False) -> str:
+        if x is None or not np.isfinite(x):
+            return "–"
+        v, digits = (100 * x, 1) if self.percent else (x, 3)
+        return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+    @property
+    def unit(self) -> str:
+        return " points" if self.percent else ""
+
+
+METRICS = (
+    Metric("iou", "3D IoU", True),
+    Metric("fog", "fog (density mass outside the shape)", False),
+    Metric("chamfer", "Chamfer distance", False),
+    Metric("normal_consistency", "normal consistency", True),
+    Metric("silhouette_iou", "silhouette IoU", True),
+    Metric("color", "colour R-precision (%)", True, percent=True),
+    Metric("shape", "shape hit (%)", True, percent=True),
+)
+
+
+def per_object(ev: dict[str, Any], metric: str) -> dict[tuple[str, int], float]:
+    """{(prompt_id, seed): value} of one metric from a variant's rprecision.json (first CLIP model)."""
+    if metric in ("color", "shape"):
+        clip = next(iter(ev["models"]))
+        mode, key = ("color", "score") if metric == "color" else ("geo", "shape_score")
+        return {
+            (o["prompt_id"], o["seed"]): float(o[key])
+            for o in ev["objects"]
+            if o["clip"] == clip and o["mode"] == mode and key in o
+        }
+    geo = ev.get("geometry", {}).get("objects", [])
+    return {(o["prompt_id"], o["seed"]): float(o[metric]) for o in geo if o.get(metric) is not None}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def labels(configs: dict[str, dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
+    """A short label per variant from the settings that differ between them (e.g. {"world-w3-uniform": "w = 3"}),
+    and those keys."""
+    flat = {v: _flatten({k: x for k, x in c.items() if not k.startswith("_")}) for v, c in configs.items()}
+    keys = sorted({k for f in flat.values() for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+    short = {"guidance.scale": "w", "schedule.name": "schedule", "guidance.name": "prior"}
+
+    def label(v: str) -> str:
+        if not varying or len(varying) > 3:
+            return v
+        return ", ".join(f"{short.get(k, k)} = {flat[v].get(k)}" for k in varying)
+
+    return {v: label(v) for v in configs}, varying
+
+
+def analyse(
+    evals: dict[str, dict[str, Any]], n_resamples: int = 10_000, seed: int = 0
+) -> dict[str, tuple[dict[str, stats.Comparison], float]]:
+    """{metric key: ({variant: Comparison}, MDD)} against the first variant, for every metric the study has."""
+    baseline = next(iter(evals))
+    out = {}
+    for m in METRICS:
+        data = {v: per_object(ev, m.key) for v, ev in evals.items()}
+        if all(data.values()):
+            out[m.key] = stats.compare(data, baseline, m.key, n_resamples, seed)
+    return out
+
+
+def _verdict(c: stats.Comparison, m: Metric) -> str:
+    if not c.separates:
+        return "no detectable difference"
+    better = (c.delta > 0) == m.higher_is_better
+    return "better" if better else "worse"
+
+
+def _paragraph(m: Metric, comps: dict[str, stats.Comparison], mdd: float, names: dict[str, str], baseline: str) -> str:
+    others = [c for v, c in comps.items() if v != baseline]
+    n, k = (others[0].n, len(others)) if others else (0, 0)
+    sep = [c for c in others if c.separates]
+    direction = "higher" if m.higher_is_better else "lower"
+    text = [f"**{m.label}** ({direction} is better; baseline {names[baseline]}: {m.fmt(comps[baseline].mean)})."]
+    for c in sep:
+        text.append(
+            f"{names[c.variant]} is {_verdict(c, m)}: Δ = {m.fmt(c.delta, True)}{m.unit} "
+            f"[{m.fmt(c.delta_ci[0], True)}, {m.fmt(c.delta_ci[1], True)}], d_z = {c.d_z:+.2f}, "
+            f"Holm p = {c.p_holm:.3g}."
+        )
+    rest = [c for c in others if not c.separates]
+    if rest:
+        largest = max(rest, key=lambda c: abs(c.delta))
+        text.append(
+            ("No other variant" if sep else "No variant")
+            + f" differs detectably from {names[baseline]} (largest |Δ| {m.fmt(abs(largest.delta))}{m.unit}, "
+            f"{names[largest.variant]}); with n = {n} paired objects and {k} comparisons this design detects "
+            f"|Δ| ≥ {m.fmt(mdd)}{m.unit} with {stats.POWER:.0%} power, so smaller true differences may be hidden."
+        )
+    best = max(comps.values(), key=lambda c: c.mean if m.higher_is_better else -c.mean)
+    text.append(
+        f"Highest mean: {names[best.variant]}." if m.higher_is_better else f"Lowest mean: {names[best.variant]}."
+    )
+    return " ".join(text)
+
+
+def write(
+    study: str,
+    evals: dict[str, dict[str, Any]],
+    configs: dict[str, dict[str, Any]],
+    out_dir: Path,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> str:
+    """Write findings.md/.csv/.png into out_dir; return the Markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    baseline = next(iter(evals))
+    names, varying = labels(configs)
+    results = analyse(evals, n_resamples, seed)
+    metrics = [m for m in METRICS if m.key in results]
+    any_ev = next(iter(evals.values()))
+    prompts = sorted({o["prompt_id"] for o in any_ev["objects"]})
+    seeds = sorted({o["seed"] for o in any_ev["objects"]})
+    first_cfg = configs[baseline]
+    md = [
+        f"# {study}: what it shows",
+        "",
+        f"Generated by `python -m pipeline.findings` (the workflow's `findings` rule) from the evaluation of "
+        f"{len(evals)} variants × {len(prompts)} prompts × {len(seeds)} seeds (seeds {seeds}) on the "
+        f"`{first_cfg['prompts']['benchmark']}` benchmark; varied: {', '.join(f'`{k}`' for k in varying) or '–'}. "
+        f"Prior: `{first_cfg['guidance']['name']}`; {first_cfg['train']['steps']} steps × "
+        f"{first_cfg['train']['batch_views']} views for every variant (equal compute). R-precision with "
+        f"{clip_short_name(next(iter(any_ev['models'])))}. Every variant is paired with the baseline "
+        f"**{names[baseline]}** on the same prompts and seeds.",
+        "",
+        f"Statistics (pipeline/stats.py): 95 % BCa bootstrap intervals ({n_resamples} resamples, seed {seed}); "
+        "Δ = mean paired difference; d_z = Δ / sd of the paired differences; p from the exact sign-flip permutation "
+        "test, Holm-adjusted across the variants per metric; a difference *separates* when the Holm p < 0.05. "
+        f"MDD = the smallest true Δ this design detects with {stats.POWER:.0%} power at that level.",
+        "",
+        "## Means (95 % BCa interval)",
+        "",
+        "| metric | " + " | ".join(names[v] for v in evals) + " |",
+        "|---|" + "---|" * len(evals),
+    ]
+    for m in metrics:
+        comps, _ = results[m.key]
+        md.append(
+            f"| {m.label} {'↑' if m.higher_is_better else '↓'} | "
+            + " | ".join(f"{m.fmt(c.mean)} [{m.fmt(c.mean_ci[0])}, {m.fmt(c.mean_ci[1])}]" for c in comps.values())
+            + " |"
+        )
+    md += [
+        "",
+        f"## Paired differences against {names[baseline]}",
+        "",
+        "| metric | variant | Δ [95 % BCa] | d_z | p | Holm p | MDD | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for m in metrics:
+        comps, mdd = results[m.key]
+        for v, c in comps.items():
+            rows.append(
+                {
+                    "metric": m.key,
+                    "variant": v,
+                    "label": names[v],
+                    "n": c.n,
+                    "mean": c.mean,
+                    "mean_low": c.mean_ci[0],
+                    "mean_high": c.mean_ci[1],
+                    "delta": c.delta,
+                    "delta_low": c.delta_ci[0],
+                    "delta_high": c.delta_ci[1],
+                    "d_z": c.d_z,
+                    "p": c.p,
+                    "p_holm": c.p_holm,
+                    "mdd": mdd,
+                    "verdict": "baseline" if v == baseline else _verdict(c, m),
+                }
+            )
+            if v == baseline:
+                continue
+            md.append(
+                f"| {m.label} | {names[v]} | {m.fmt(c.delta, True)} [{m.fmt(c.delta_ci[0], True)}, "
+                f"{m.fmt(c.delta_ci[1], True)}] | {c.d_z:+.2f} | {c.p:.3g} | {c.p_holm:.3g} | {m.fmt(mdd)} | "
+                f"{_verdict(c, m)} |"
+            )
+    md += ["", "## Findings", ""]
+    for m in metrics:
+        comps, mdd = results[m.key]
+        md += [_paragraph(m, comps, mdd, names, baseline), ""]
+    if "iou" in results:
+        md += [
+            "## 3D IoU per prompt (mean over seeds)",
+            "",
+            "| prompt | " + " | ".join(names[v] for v in evals) + " |",
+            "|---|" + "---|" * len(evals),
+        ]
+        table = {v: per_object(ev, "iou") for v, ev in evals.items()}
+        for pid in prompts:
+            cells = []
+            for v in evals:
+                vals = [x for (p, _), x in table[v].items() if p == pid]
+                cells.append(f"{np.mean(vals):.3f}" if vals else "–")
+            md.append(f"| {pid.rsplit('-', 1)[0].replace('-', ' ')} | " + " | ".join(cells) + " |")
+        failing = [
+            pid
+            for pid in prompts
+            if all(np.mean([x for (p, _), x in table[v].items() if p == pid] or [1.0]) < 0.2 for v in evals)
+        ]
+        if failing:
+            md += [
+                "",
+                "Failing under every variant (mean 3D IoU < 0.2): "
+                + ", ".join(p.rsplit("-", 1)[0].replace("-", " ") for p in failing)
+                + ".",
+            ]
+        md.append("")
+    md += [
+        "![findings](findings.png)",
+        "",
+        "Config digests (pipeline.config.Config.digest): "
+        + ", ".join(f"{names[v]} `{configs[v].get('_digest', '?')}`" for v in evals),
+        "",
+    ]
+    text = "\n".join(md)
+    atomic_write_text(out_dir / "findings.md", text)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["metric"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{x:.6g}" if isinstance(x, float) else x) for k, x in r.items()})
+    atomic_write_text(out_dir / "findings.csv", buf.getvalue())
+    _plot(results, metrics, names, baseline, out_dir / "findings.png", study)
+    return text
+
+
+def _plot(
+    results: dict[str, tuple[dict[str, stats.Comparison], float]],
+    metrics: list[Metric],
+    names: dict[str, str],
+    baseline: str,
+    path: Path,
+    study: str,
+) -> None:
+    """One panel per metric: each variant's mean with its BCa interval; filled markers separate from the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(metrics)) or 1
+    rows = (len(metrics) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics, strict=False):
+        comps, mdd = results[m.key]
+        scale = 100 if m.percent else 1
+        xs = np.arange(len(comps))
+        for x, c in zip(xs, comps.values(), strict=True):
+            lo, hi = c.mean_ci
+            filled = c.variant == baseline or c.separates
+            ax.errorbar(
+                x,
+                c.mean * scale,
+                yerr=[[max(0.0, (c.mean - lo) * scale)], [max(0.0, (hi - c.mean) * scale)]],
+                fmt="o",
+                mfc="C0" if filled else "white",
+                color="C3" if c.variant == baseline else "C0",
+                capsize=3,
+            )
+        base = comps[baseline].mean * scale
+        ax.axhline(base, color="C3", lw=0.8, ls="--")
+        ax.axhspan(base - mdd * scale, base + mdd * scale, color="C3", alpha=0.08, lw=0)
+        ax.set_xticks(xs, [names[v] for v in comps], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{m.label} {'↑' if m.higher_is_better else '↓'}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"{study}: means with 95 % BCa intervals; red = baseline (band: ± MDD); filled = Holm p < 0.05", fontsize=8
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def publish(out_dir: Path, study: str, dest: Path) -> None:
+    """Copy a study's findings page and plot to dest/<study>.md and dest/<study>.png (the README's links)."""
+    text = (out_dir / "findings.md").read_text(encoding="utf-8")
+    atomic_write_text(dest / f"{study}.md", text.replace("](findings.png)", f"]({study}.png)"))
+    with atomic_path(dest / f"{study}.png") as tmp:
+        tmp.write_bytes((out_dir / "findings.png").read_bytes())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--evals", nargs="+", default=[], help="rprecision.json per variant, baseline first")
+    ap.add_argument("--configs", nargs="+", default=[], help="config.yaml per variant, same order")
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--bootstrap", type=int, default=10_000)
+    ap.add_argument("--publish-to", default=None, help="copy OUT_DIR's findings.md/.png to DIR/<study>.md/.png")
+    args = ap.parse_args(argv)
+    if args.publish_to:
+        publish(Path(args.out_dir), args.study, Path(args.publish_to))
+        return
+    if not args.evals or len(args.evals) != len(args.configs):
+        ap.error("--evals and --configs must list the same variants in the same order")
+    from pipeline.config import from_dict
+
+    evals, configs = {}, {}
+    for e, c in zip(args.evals, args.configs, strict=True):
+        v = Path(e).parent.name
+        evals[v] = json.loads(Path(e).read_text())
+        configs[v] = yaml.safe_load(Path(c).read_text())
+        configs[v]["_digest"] = from_dict(dict(configs[v]), c).digest()
+    out = Path(args.out_dir)
+    write(args.study, evals, configs, out, args.bootstrap)
+    print(out / "findings.md")
+
+
+if __name__ == "__main__":
+    main()
