@@ -83,7 +83,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def labels(configs: dict[str, dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
     """A short label per variant from the settings that differ between them (e.g. {"world-w3-uniform": "w = 3"}),
     and those keys."""
-    flat = {v: _flatten({k: x for k, x in c.items() if not k.startswith("_")}) for v, c in configs.items()}
+    flat = {v: _flatten(c) for v, c in configs.items()}
     keys = sorted({k for f in flat.values() for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
     short = {"guidance.scale": "w", "schedule.name": "schedule", "guidance.name": "prior"}
@@ -262,7 +262,7 @@ def write(
         "![findings](findings.png)",
         "",
         "Config digests (pipeline.config.Config.digest): "
-        + ", ".join(f"{names[v]} `{configs[v].get('_digest', '?')}`" for v in evals),
+        + ", ".join(f"{names[v]} `{evals[v].get('config_digest', '?')}`" for v in evals),
         "",
     ]
     text = "\n".join(md)
@@ -349,14 +349,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.evals or len(args.evals) != len(args.configs):
         ap.error("--evals and --configs must list the same variants in the same order")
-    from pipeline.config import from_dict
-
     evals, configs = {}, {}
     for e, c in zip(args.evals, args.configs, strict=True):
         v = Path(e).parent.name
         evals[v] = json.loads(Path(e).read_text())
         configs[v] = yaml.safe_load(Path(c).read_text())
-        configs[v]["_digest"] = from_dict(dict(configs[v]), c).digest()
     out = Path(args.out_dir)
     write(args.study, evals, configs, out, args.bootstrap)
     print(out / "findings.md")

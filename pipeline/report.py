@@ -1,9 +1,10 @@
 """The report: our R-precision next to the paper's Table 1, variant comparisons with bootstrap intervals, plots,
 a gallery and an offline index.html.
 
-Outputs (results/<bench>/report/): table.md, table.csv, comparison.md (95 % bootstrap CIs over objects, paired
+Outputs (reports/<study>/): table.md, table.csv, comparison.md (95 % bootstrap CIs over objects, paired
 differences against the first variant on the same prompts and seeds), rprecision_vs_scale.png, gallery.png,
-index.html, metrics.json (DVC metrics) and rprecision.csv (DVC plots).
+index.html, metrics.json (DVC metrics, keys independent of the variant name), variants.csv (DVC plots: one row per
+variant) and rprecision.csv (every variant × CLIP × mode with its interval).
 
     python -m pipeline.report --evals results/b/v1/rprecision.json ... [--ground-truth gt.json] --out-dir report/
 """
@@ -200,11 +201,51 @@ def build(
             _short(c): {m: round(ground_truth["models"][c][m]["r_precision"], 4) for m in ground_truth["models"][c]}
             for c in clips
         }
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    dvc = dvc_metrics(metrics, variants)
+    atomic_write_json(out_dir / "metrics.json", dvc)
+    atomic_write_text(out_dir / "variants.csv", variants_csv(metrics, variants, evals))
     _plot(plot_rows, out_dir / "rprecision_vs_scale.png")
     gallery = _gallery(media or {}, out_dir / "gallery.png")
     _html(out_dir, evals, gallery, media or {})
-    return metrics
+    return dvc
+
+
+def dvc_metrics(per_variant: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    """metrics.json for DVC with keys that do not depend on the variant's name, so `dvc exp show` and `dvc metrics
+    diff` line experiments up in the same columns: the first variant's (the only one in a `dvc exp run -S …`
+    experiment, the baseline of a sweep) R-precision per CLIP model and geometry at the top level, the ground-truth
+    ceiling under `ground_truth`, and for a sweep every variant under `variants.<name>` (the plots file variants.csv
+    has them with the variant as a column)."""
+    out: dict[str, Any] = dict(per_variant[variants[0]]) if variants else {}
+    if "ground_truth" in per_variant:
+        out["ground_truth"] = per_variant["ground_truth"]
+    if len(variants) > 1:
+        out["variants"] = {v: per_variant[v] for v in variants}
+    return out
+
+
+def variants_csv(per_variant: dict[str, Any], variants: list[str], evals: dict[str, Any]) -> str:
+    """One row per variant (the DVC plots' data): the swept settings, then R-precision per CLIP model and mode (%)
+    and the geometry means as columns with stable names."""
+    buf = io.StringIO()
+    rows = []
+    for v in variants:
+        row: dict[str, Any] = {
+            "variant": v,
+            "guidance_scale": evals[v].get("guidance_scale"),
+            "schedule": evals[v].get("schedule"),
+        }
+        for key, val in per_variant[v].items():
+            for m, x in val.items():
+                row[f"{m}" if key == "geometry" else f"{key}.{m}"] = (
+                    None if x is None else round(100 * x, 2) if key != "geometry" else x
+                )
+        rows.append(row)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    w = csv.DictWriter(buf, fieldnames=fields or ["variant"])
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def _num(x: Any) -> str:

@@ -51,6 +51,7 @@ rule report:
         csv=f"{REPORT}/table.csv",
         metrics=f"{REPORT}/metrics.json",
         plot=f"{REPORT}/rprecision.csv",
+        variants=f"{REPORT}/variants.csv",
         html=f"{REPORT}/index.html",
         comparison=f"{REPORT}/comparison.md",
         gallery=f"{REPORT}/gallery.png",

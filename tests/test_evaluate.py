@@ -1,3 +1,4 @@
+import csv
 import json
 
 import numpy as np
@@ -151,7 +152,15 @@ def test_report_from_synthetic_results(tmp_path):
         bootstrap=200,
         media={"v10": [media_dir / "sheet.png", media_dir / "turntable.gif"]},
     )
-    assert metrics["v10"]["m"]["color"] == 0.75 and metrics["v30"]["m"]["color"] == 0.5
+    # DVC metrics: the first variant's at the top (keys without a variant name, so experiments share columns),
+    # every variant of a sweep under `variants`
+    assert metrics["m"]["color"] == 0.75 and metrics["ground_truth"]["m"]["color"] == 0.97
+    assert metrics["variants"]["v10"]["m"]["color"] == 0.75 and metrics["variants"]["v30"]["m"]["color"] == 0.5
+    rows = list(csv.DictReader((tmp_path / "report/variants.csv").open()))
+    assert [(r["variant"], r["guidance_scale"], r["m.color"]) for r in rows] == [
+        ("v10", "10.0", "75.0"),
+        ("v30", "30.0", "50.0"),
+    ]
     table = (tmp_path / "report/table.md").read_text()
     assert "GT renders (ceiling)" in table and "DreamFusion (paper)" in table and "75.0 ± 10.0" in table
     comp = (tmp_path / "report/comparison.md").read_text()

@@ -55,14 +55,16 @@ def test_full_tiny_run_with_mlflow(workdir):
         assert len(list((res / v).glob("*/seed0/mesh.glb"))) == 2
     rep = wd / "reports/primitives"
     metrics = json.loads((rep / "metrics.json").read_text())
-    assert set(metrics) == {*variants, "ground_truth"}
+    assert set(metrics) == {"tiny-clip", "geometry", "ground_truth", "variants"} and set(metrics["variants"]) == set(
+        variants
+    )
     assert "GT renders (ceiling)" in (rep / "table.md").read_text()
     # geometry against the truth: per object, in the evaluation, the tables, the metrics and the HTML
     for v in variants:
         ev = json.loads((res / v / "rprecision.json").read_text())
         assert len(ev["geometry"]["objects"]) == 2
         assert set(ev["geometry"]["summary"]) == {"iou", "fog", "chamfer", "normal_consistency", "silhouette_iou"}
-        assert set(metrics[v]["geometry"]) == set(ev["geometry"]["summary"])
+        assert set(metrics["variants"][v]["geometry"]) == set(ev["geometry"]["summary"])
     assert "| world-w30-uniform | iou |" in (rep / "comparison.md").read_text()
     page = (rep / "index.html").read_text()
     assert "<h3>Geometry against the analytic primitives" in page
@@ -159,16 +161,50 @@ def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     sh("git", "commit", "-qm", "baseline")
     baseline = (wd / "reports/primitives/metrics.json").read_text()
     sh("dvc", "push")
+    # two experiments as the README runs them: the same metric columns, one row each
     sh("dvc", "exp", "run", "-S", "guidance.scale=30", "-n", "w30")
-    shown = sh("dvc", "exp", "show", "--md")
-    assert ("w30" in shown and "metrics.json" in shown) or "world-w30-uniform" in shown
-    sh("dvc", "metrics", "show")
+    sh("dvc", "exp", "run", "-S", "guidance.scale=50", "-n", "w50")
+    rows = _exp_rows(json.loads(sh("dvc", "exp", "show", "--json")))
+    by_scale = {r["params"]["guidance"]["scale"]: r["metrics"] for r in rows if r["metrics"]}
+    assert {10, 30, 50} <= set(by_scale), by_scale
+    columns = {frozenset(_flat(m)) for m in by_scale.values()}
+    assert len(columns) == 1 and "world-clip.color" in next(iter(columns)) and "geometry.iou" in next(iter(columns))
+    assert "metrics.json" in sh("dvc", "metrics", "diff", "HEAD", "w30", "--all")
+    assert "R-precision (%) vs guidance weight" in sh("dvc", "plots", "show", "--json")
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(wd), str(clone), cwd=tmp_path)
     sh("dvc", "remote", "add", "-f", "-d", "local", str(tmp_path / "remote"), cwd=clone)
     sh("dvc", "pull", cwd=clone)
     assert (clone / "reports/primitives/metrics.json").read_text() == baseline
     assert list((clone / "results/primitives").glob("*/*/seed0/model.safetensors"))
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _exp_rows(shown):
+    """(params of params.yaml, metrics of metrics.json) of every revision in `dvc exp show --json`."""
+    rows = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and "params" in data:
+                params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+                metrics = next(iter((data.get("metrics") or {}).values()), {}).get("data", {})
+                rows.append({"params": params, "metrics": metrics})
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(shown)
+    return rows
 
 
 @pytest.mark.parametrize("preset", [None, "configs/compare-priors.yaml"])
