@@ -151,8 +151,10 @@ def write(
     out_dir: Path,
     n_resamples: int = 10_000,
     seed: int = 0,
+    trained_at: list[str] | None = None,
 ) -> str:
-    """Write findings.md/.csv/.png into out_dir; return the Markdown."""
+    """Write findings.md/.csv/.png into out_dir; return the Markdown. `trained_at`: the git commits the objects were
+    trained at (from their metrics.json), recorded on the page."""
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = next(iter(evals))
     names, varying = labels(configs)
@@ -262,7 +264,8 @@ def write(
         "![findings](findings.png)",
         "",
         "Config digests (pipeline.config.Config.digest): "
-        + ", ".join(f"{names[v]} `{evals[v].get('config_digest', '?')}`" for v in evals),
+        + ", ".join(f"{names[v]} `{evals[v].get('config_digest', '?')}`" for v in evals)
+        + (f"; objects trained at commit {', '.join(f'`{c[:12]}`' for c in trained_at)}." if trained_at else "."),
         "",
     ]
     text = "\n".join(md)
@@ -354,8 +357,15 @@ def main(argv: list[str] | None = None) -> None:
         v = Path(e).parent.name
         evals[v] = json.loads(Path(e).read_text())
         configs[v] = yaml.safe_load(Path(c).read_text())
+    shas = sorted(
+        {
+            json.loads(m.read_text()).get("git_sha", "unknown")
+            for e in args.evals
+            for m in Path(e).parent.glob("*/seed*/metrics.json")
+        }
+    )
     out = Path(args.out_dir)
-    write(args.study, evals, configs, out, args.bootstrap)
+    write(args.study, evals, configs, out, args.bootstrap, trained_at=shas)
     print(out / "findings.md")
 
 

@@ -326,18 +326,30 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _gallery(media: dict[str, list[Path]], path: Path) -> bool:
-    """Contact sheets' first rows (colour views) stacked: one row per object, grouped by variant."""
-    import imageio.v3 as iio
+def _label(prompt_dir: str) -> str:
+    """ "a-red-sphere-33915b62" → "a red sphere"."""
+    return prompt_dir.rsplit("-", 1)[0].replace("-", " ")
 
-    sheets = [p for ps in media.values() for p in ps if p.name == "sheet.png" and p.exists()]
+
+def _gallery(media: dict[str, list[Path]], path: Path) -> bool:
+    """Contact sheets' first rows (colour views) stacked: one row per object, grouped by variant, each row labelled
+    with its variant, prompt and seed."""
+    import imageio.v3 as iio
+    from PIL import Image, ImageDraw
+
+    sheets = [(v, p) for v, ps in media.items() for p in ps if p.name == "sheet.png" and p.exists()]
     if not sheets:
         return False
-    rows = []
-    for p in sheets:
-        img = iio.imread(p)
+    rows, label_w = [], 220
+    for variant, p in sheets:
+        img = iio.imread(p)[..., :3]
         h = (img.shape[0] - 2) // 4 + 2  # first of four rows (colour) incl. padding
-        rows.append(img[:h])
+        row = img[:h]
+        tag = Image.new("RGB", (label_w, h), (255, 255, 255))
+        draw = ImageDraw.Draw(tag)
+        draw.text((4, max(0, h // 2 - 12)), variant, fill=(90, 90, 90))
+        draw.text((4, max(0, h // 2)), f"{_label(p.parents[1].name)} · {p.parent.name}", fill=(0, 0, 0))
+        rows.append(np.concatenate([np.asarray(tag), row], axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     with atomic_path(path) as tmp:
@@ -345,13 +357,61 @@ def _gallery(media: dict[str, list[Path]], path: Path) -> bool:
     return True
 
 
+def _data_uri(path: Path, mime: str) -> str:
+    import base64
+
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _cards(variant: str, ev: dict[str, Any], files: list[Path]) -> str:
+    """One card per object: its turntable (MP4) and contact sheet embedded, its measured values and top captions."""
+    geo = {(o["prompt_id"], o["seed"]): o for o in ev.get("geometry", {}).get("objects", [])}
+    clip = next(iter(ev["models"]), None)
+    rows = {(o["prompt_id"], o["seed"], o["mode"]): o for o in ev["objects"] if o["clip"] == clip}
+    by_object: dict[tuple[str, int], dict[str, Path]] = {}
+    for p in files:
+        by_object.setdefault((p.parents[1].name, int(p.parent.name.removeprefix("seed"))), {})[p.name] = p
+    cards = []
+    for (pid, seed), media in sorted(by_object.items()):
+        color, geo_row, g = (
+            rows.get((pid, seed, "color"), {}),
+            rows.get((pid, seed, "geo"), {}),
+            geo.get((pid, seed), {}),
+        )
+        values = [
+            ("colour R-prec.", _pct(color.get("score"))),
+            ("shape hit", _pct(geo_row.get("shape_score"))),
+            *((k.replace("_", " "), _num(g.get(k))) for k in GEOMETRY if k in g),
+        ]
+        video = media.get("turntable.mp4")
+        sheet = media.get("sheet.png")
+        top = color.get("top5", [])[:3]
+        cards.append(
+            "<div class='card'>"
+            f"<h4>{html.escape(_label(pid))} · seed {seed}</h4>"
+            + (
+                f"<video src='{_data_uri(video, 'video/mp4')}' autoplay loop muted playsinline width=128></video>"
+                if video and video.exists()
+                else ""
+            )
+            + (f"<img src='{_data_uri(sheet, 'image/png')}' width=256 alt='contact sheet'>" if sheet else "")
+            + "<table>"
+            + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in values)
+            + "</table>"
+            + (f"<p class='small'>top captions: {html.escape(' · '.join(top))}</p>" if top else "")
+            + f"<p class='small'>results/…/{html.escape(variant)}/{html.escape(pid)}/seed{seed}/ · MLflow run tagged "
+            f"variant={html.escape(variant)}, prompt_id={html.escape(pid)}, seed={seed}</p>"
+            "</div>"
+        )
+    return "<div class='cards'>" + "".join(cards) + "</div>"
+
+
 def _html(out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, list[Path]]) -> None:
-    def rel(p: Path) -> str:
-        import os
+    """index.html, self-contained (every image and video embedded, so it can be mailed or archived alone): our
+    tables, the variant comparison, the plots, the gallery, one card per object, and last, apart, the paper's table
+    as quoted."""
 
-        return html.escape(os.path.relpath(p, out_dir))
-
-    def md_html(path: Path) -> str:
+    def md_html(text: str) -> str:
         """Headings, tables and paragraphs of one of our Markdown files, each table kept under its heading."""
         out, table = [], []
 
@@ -362,7 +422,7 @@ def _html(out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, 
                 out.append(f"<table><tr>{head}</tr>{body}</table>")
                 table.clear()
 
-        for ln in path.read_text().splitlines():
+        for ln in text.splitlines():
             if ln.startswith("|"):
                 if not ln.startswith("|---"):
                     table.append([html.escape(c.strip()) for c in ln.strip("|").split("|")])
@@ -376,26 +436,34 @@ def _html(out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, 
         flush()
         return "\n".join(out)
 
+    table = (out_dir / "table.md").read_text()
+    cut = table.find("## DreamFusion Table 1")
+    ours, paper = (table[:cut], table[cut:]) if cut >= 0 else (table, "")
     parts = [
         "<!doctype html><meta charset='utf-8'><title>DreamFusion lab report</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px}img{image-rendering:pixelated}</style>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}img,video{image-rendering:pixelated}"
+        ".cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ccc;padding:8px;width:410px}"
+        ".card table{font-size:12px;margin-top:4px}.small{font-size:11px;color:#555}"
+        ".paper{background:#f6f6f6;padding:1em;border-left:4px solid #999}</style>",
         "<h1>DreamFusion lab report</h1>",
-        md_html(out_dir / "table.md"),
-        md_html(out_dir / "comparison.md"),
-        f"<p><img src='{rel(out_dir / 'rprecision_vs_scale.png')}' width=480></p>",
+        "<h2>Our results (measured here)</h2>",
+        md_html(ours),
+        md_html((out_dir / "comparison.md").read_text()),
+        f"<p><img src='{_data_uri(out_dir / 'rprecision_vs_scale.png', 'image/png')}' width=480 "
+        "alt='R-precision vs guidance weight'></p>",
     ]
     if gallery:
-        parts.append(f"<h2>Gallery</h2><p><img src='{rel(out_dir / 'gallery.png')}'></p>")
-    parts.append("<h2>Turntables</h2>")
+        parts.append(
+            "<h2>Gallery</h2><p>colour views at the evaluation azimuths, one row per object</p>"
+            f"<p><img src='{_data_uri(out_dir / 'gallery.png', 'image/png')}' alt='gallery'></p>"
+        )
+    parts.append("<h2>Objects</h2>")
     for variant, files in media.items():
-        gifs = [p for p in files if p.name == "turntable.gif" and p.exists()]
-        if gifs:
-            parts.append(
-                f"<h3>{html.escape(variant)}</h3><p>"
-                + "".join(f"<img src='{rel(p)}' title='{html.escape(p.parent.parent.name)}'> " for p in gifs)
-                + "</p>"
-            )
+        if variant in evals:
+            parts.append(f"<h3>{html.escape(variant)}</h3>" + _cards(variant, evals[variant], files))
+    if paper:
+        parts.append("<div class='paper'>" + md_html(paper) + "</div>")
     atomic_write_text(out_dir / "index.html", "\n".join(parts) + "\n")
 
 
@@ -403,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--evals", nargs="+", required=True, help="rprecision.json per variant (.../<variant>/...)")
     ap.add_argument("--ground-truth", default=None)
-    ap.add_argument("--media", nargs="*", default=[], help="sheet.png / turntable.gif files for the gallery")
+    ap.add_argument("--media", nargs="*", default=[], help="sheet.png / turntable.mp4 files (gallery, object cards)")
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)

@@ -44,7 +44,7 @@ rule report:
     input:
         evals=expand(f"{RESULTS}/{{variant}}/rprecision.json", variant=VARIANTS),
         gt=[f"{RESULTS}/ground_truth.json"] if IS_WORLD else [],
-        media=[f for v in VARIANTS for f in objects(v, "sheet.png") + objects(v, "turntable.gif")],
+        media=[f for v in VARIANTS for f in objects(v, "sheet.png") + objects(v, "turntable.mp4")],
         code=code("pipeline.report"),
     output:
         table=f"{REPORT}/table.md",

@@ -142,7 +142,7 @@ def test_report_from_synthetic_results(tmp_path):
     import imageio.v3 as iio
 
     iio.imwrite(media_dir / "sheet.png", np.full((4 * 18 + 2, 40, 3), 200, np.uint8))
-    iio.imwrite(media_dir / "turntable.gif", np.zeros((2, 8, 8, 3), np.uint8), extension=".gif")
+    iio.imwrite(media_dir / "turntable.mp4", np.zeros((4, 16, 16, 3), np.uint8), extension=".mp4", fps=4)
     evals = {"v10": _synthetic_eval(10.0, [1, 1, 0, 1]), "v30": _synthetic_eval(30.0, [1, 0, 0, 1])}
     gt = {"models": {"m.pt": {m: {"r_precision": 0.97} for m in ("color", "geo", "geo_shape")}}}
     metrics = build(
@@ -150,7 +150,7 @@ def test_report_from_synthetic_results(tmp_path):
         tmp_path / "report",
         gt,
         bootstrap=200,
-        media={"v10": [media_dir / "sheet.png", media_dir / "turntable.gif"]},
+        media={"v10": [media_dir / "sheet.png", media_dir / "turntable.mp4"]},
     )
     # DVC metrics: the first variant's at the top (keys without a variant name, so experiments share columns),
     # every variant of a sweep under `variants`
@@ -166,8 +166,12 @@ def test_report_from_synthetic_results(tmp_path):
     comp = (tmp_path / "report/comparison.md").read_text()
     assert "| v30 | m | color | 50.0 |" in comp and "| -25.0 |" in comp
     html = (tmp_path / "report/index.html").read_text()
-    for ref in re.findall(r"src='([^']+)'", html):
-        assert (tmp_path / "report" / ref).resolve().exists(), ref
+    refs = re.findall(r"src='([^']+)'", html)
+    assert refs and all(
+        r.startswith(("data:image/png;base64,", "data:video/mp4;base64,")) for r in refs
+    )  # self-contained
+    assert html.index("<h2>Our results (measured here)</h2>") < html.index("<h3>DreamFusion Table 1 (quoted")
+    assert html.count("<div class='card'>") == 1 and "<h4>p0 · seed 0</h4>" in html and "data:video/mp4" in html
     assert json.loads((tmp_path / "report/metrics.json").read_text()) == metrics
     assert (tmp_path / "report/rprecision.csv").read_text().startswith("variant,guidance_scale")
 
