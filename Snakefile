@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/prepare.smk"
 include: "rules/train.smk"

@@ -47,15 +47,17 @@ rule report:
         media=[f for v in VARIANTS for f in objects(v, "sheet.png") + objects(v, "turntable.mp4")],
         code=code("pipeline.report"),
     output:
-        table=f"{REPORT}/table.md",
+        table=report(f"{REPORT}/table.md", caption="../report/table.rst", category="Report"),
         csv=f"{REPORT}/table.csv",
         metrics=f"{REPORT}/metrics.json",
         plot=f"{REPORT}/rprecision.csv",
         variants=f"{REPORT}/variants.csv",
-        html=f"{REPORT}/index.html",
-        comparison=f"{REPORT}/comparison.md",
-        gallery=f"{REPORT}/gallery.png",
-        plot_png=f"{REPORT}/rprecision_vs_scale.png",
+        html=report(f"{REPORT}/index.html", caption="../report/index.rst", category="Report"),
+        comparison=report(f"{REPORT}/comparison.md", caption="../report/comparison.rst", category="Report"),
+        gallery=report(f"{REPORT}/gallery.png", caption="../report/gallery.rst", category="Objects"),
+        plot_png=report(
+            f"{REPORT}/rprecision_vs_scale.png", caption="../report/rprecision_plot.rst", category="Report"
+        ),
     params:
         out=lambda w, output: os.path.dirname(output[0]),
         gt=lambda w, input: ["--ground-truth", input.gt] if input.gt else [],
@@ -100,9 +102,9 @@ rule findings:
         configs=expand(f"{RESULTS}/{{variant}}/config.yaml", variant=VARIANTS),
         code=code("pipeline.findings"),
     output:
-        md=f"{REPORT}/findings.md",
+        md=report(f"{REPORT}/findings.md", caption="../report/findings.rst", category="Findings"),
         csv=f"{REPORT}/findings.csv",
-        png=f"{REPORT}/findings.png",
+        png=report(f"{REPORT}/findings.png", caption="../report/findings_plot.rst", category="Findings"),
     params:
         out=lambda w, output: os.path.dirname(output.md),
         study=STUDY,

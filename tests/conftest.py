@@ -17,7 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A temp copy of the workflow (Snakefile, rules, prompts, params, pipeline, models) to run Snakemake in."""
-    for name in ["Snakefile", "params.yaml", "rules", "prompts", "pipeline", "envs", "configs", "models", "profiles"]:
+    for name in [
+        "Snakefile",
+        "params.yaml",
+        "rules",
+        "prompts",
+        "pipeline",
+        "envs",
+        "configs",
+        "models",
+        "profiles",
+        "report",
+    ]:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -58,3 +58,76 @@ def test_conda_env_pins_equal_pyproject_and_need_no_project_path():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert pip == deps
     assert not any(p.startswith(("-e", ".", "/")) for p in pip)
+
+
+def _job_resources(dry_run: str, rule: str) -> dict:
+    """The resources Snakemake resolved for the first job of `rule` in a dry run (as it hands them to an executor)."""
+    lines = dry_run.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip() == f"rule {rule}:")
+    line = next(ln for ln in lines[start:] if ln.strip().startswith("resources:"))
+    out = {}
+    for item in line.split("resources:", 1)[1].split(","):
+        key, _, value = item.strip().partition("=")
+        out[key] = int(value) if value.isdigit() else value
+    return out
+
+
+def _kubernetes_job(resources: dict):
+    """The V1Job the Kubernetes executor plugin builds for a job with these resources (its own run_job; the API
+    call is captured instead of sent, and no cluster config is loaded)."""
+    import logging
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_kubernetes import Executor
+
+    sent = []
+    ex = Executor.__new__(Executor)
+    ex.logger = logging.getLogger("k8s-test")
+    ex.run_namespace, ex.namespace, ex.container_image = "run", "default", "example/dreamfusion-lab:latest"
+    ex.persistent_volumes, ex.secret_envvars, ex.privileged = [], {}, False
+    ex.k8s_cpu_scalar, ex.k8s_service_account_name = 0.95, None
+    ex.batchapi = SimpleNamespace(create_namespaced_job=lambda ns, body: sent.append(body))
+    ex.format_job_exec = lambda job: "snakemake --target-jobs train:…"
+    ex.report_job_submission = lambda info: None
+    ex.lock = __import__("threading").Lock()
+    job = SimpleNamespace(resources=resources, jobid=1, attempt=1, is_containerized=False)
+    ex.run_job(job)
+    return sent[0]
+
+
+def test_kubernetes_job_specs_through_the_plugin(workdir):
+    """The profile's resources, resolved by Snakemake for our rules, turned into pod specs by the plugin itself:
+    GPU training gets one NVIDIA GPU and its toleration; world training gets none; memory and ephemeral storage are
+    requested as the profile says."""
+    prof = yaml.safe_load((workdir / "profiles/kubernetes/config.yaml").read_text())
+    for key in (
+        "executor",
+        "default-storage-provider",
+        "default-storage-prefix",
+        "kubernetes-namespace",
+        "container-image",
+    ):
+        prof.pop(key)  # no cluster and no bucket here: resolve the resources only
+    (workdir / "profiles/k8s-resources").mkdir()
+    (workdir / "profiles/k8s-resources/config.yaml").write_text(yaml.safe_dump(prof))
+    sd = _job_resources(
+        run_snakemake(
+            workdir, "--profile", "profiles/k8s-resources", "-n", "--configfile", "configs/sd21-coco153.yaml"
+        ).stdout,
+        "train",
+    )
+    world = _job_resources(run_snakemake(workdir, "--profile", "profiles/k8s-resources", "-n").stdout, "train")
+    assert sd["gpu"] == 1 and world["gpu"] == 0 and sd["gpu_manufacturer"] == "nvidia"
+
+    gpu_job = _kubernetes_job(sd)
+    container = gpu_job.spec.template.spec.containers[0]
+    assert container.resources.requests["nvidia.com/gpu"] == "1"
+    assert container.resources.requests["memory"] == "32000M"
+    assert container.resources.requests["ephemeral-storage"] == "60000M"
+    assert any(t.key == "nvidia.com/gpu" for t in gpu_job.spec.template.spec.tolerations)
+    assert container.image == "example/dreamfusion-lab:latest"
+
+    cpu_job = _kubernetes_job(world)
+    requests = cpu_job.spec.template.spec.containers[0].resources.requests
+    assert requests.get("nvidia.com/gpu", "0") == "0"  # the world trains on CPUs: no GPU is requested
+    assert requests["memory"] == "32000M" and requests["ephemeral-storage"] == "60000M"

@@ -87,6 +87,12 @@ def test_full_tiny_run_with_mlflow(workdir):
     for p in parents:
         assert "rprecision.tiny-clip.color" in p.data.metrics
 
+    # Snakemake's own report: a Results section with the captioned outputs
+    run_snakemake(wd, "--report", "snakemake-report.html", "--configfile", "tiny.yaml")
+    snake_report = (wd / "snakemake-report.html").read_text()
+    for text in ("not measured here", "minimum detectable difference", "findings.md", "gallery.png"):
+        assert text in snake_report, text
+
     # nothing to do on a second run; changing one sweep value re-runs only that variant
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
@@ -177,6 +183,10 @@ def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     sh("dvc", "pull", cwd=clone)
     assert (clone / "reports/primitives/metrics.json").read_text() == baseline
     assert list((clone / "results/primitives").glob("*/*/seed0/model.safetensors"))
+    # the README's one step after a pull: Snakemake then has nothing to re-run
+    sh("snakemake", "--touch", "--cores", "1", cwd=clone)
+    dry = sh("snakemake", "-n", cwd=clone)
+    assert "Nothing to be done" in dry, dry[-3000:]
 
 
 def _flat(d, prefix=""):
