@@ -33,6 +33,8 @@ class Metric:
     label: str
     higher_is_better: bool
     percent: bool = False
+    matters: float = 0.05
+    """The smallest difference worth detecting (in the metric's own unit, a fraction for percentages)."""
 
     def fmt(self, x: float, signed: bool = False) -> str:
         if x is None or not np.isfinite(x):
@@ -46,13 +48,13 @@ class Metric:
 
 
 METRICS = (
-    Metric("iou", "3D IoU", True),
-    Metric("fog", "fog (density mass outside the shape)", False),
-    Metric("chamfer", "Chamfer distance", False),
-    Metric("normal_consistency", "normal consistency", True),
-    Metric("silhouette_iou", "silhouette IoU", True),
-    Metric("color", "colour R-precision (%)", True, percent=True),
-    Metric("shape", "shape hit (%)", True, percent=True),
+    Metric("iou", "3D IoU", True, matters=0.05),
+    Metric("fog", "fog (density mass outside the shape)", False, matters=0.02),
+    Metric("chamfer", "Chamfer distance", False, matters=0.01),
+    Metric("normal_consistency", "normal consistency", True, matters=0.03),
+    Metric("silhouette_iou", "silhouette IoU", True, matters=0.05),
+    Metric("color", "colour R-precision (%)", True, percent=True, matters=0.05),
+    Metric("shape", "shape hit (%)", True, percent=True, matters=0.05),
 )
 
 
@@ -229,6 +231,27 @@ def write(
                 f"{m.fmt(c.delta_ci[1], True)}] | {c.d_z:+.2f} | {c.p:.3g} | {c.p_holm:.3g} | {m.fmt(mdd)} | "
                 f"{_verdict(c, m)} |"
             )
+    md += [
+        "",
+        "## What this design can detect",
+        "",
+        f"sd of the paired differences pooled over the {len(evals) - 1} comparisons; MDD at this n with Holm over "
+        f"{len(evals) - 1} comparisons and {stats.POWER:.0%} power; the pairs (prompts × seeds) needed for the "
+        "smallest difference that matters.",
+        "",
+        "| metric | sd of paired Δ | n | MDD | difference that matters | pairs needed for it |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in metrics:
+        comps, mdd = results[m.key]
+        c = next(c for v, c in comps.items() if v != baseline) if len(comps) > 1 else None
+        if c is None:
+            continue
+        need = stats.pairs_needed(c.sd_pooled, len(comps) - 1, m.matters)
+        md.append(
+            f"| {m.label} | {m.fmt(c.sd_pooled)} | {c.n} | {m.fmt(mdd)}{m.unit} | {m.fmt(m.matters)}{m.unit} | "
+            f"{need if need is not None else '> 10,000'} |"
+        )
     md += ["", "## Findings", ""]
     for m in metrics:
         comps, mdd = results[m.key]

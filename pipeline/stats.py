@@ -93,6 +93,18 @@ def mdd(sd_diff: float, n: int, k: int, alpha: float = ALPHA, power: float = POW
     return float((sps.t.ppf(1 - alpha / (2 * max(k, 1)), df) + sps.t.ppf(power, df)) * sd_diff / math.sqrt(n))
 
 
+def pairs_needed(sd_diff: float, k: int, target: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """The smallest n whose MDD is at most `target` (None when sd_diff is unknown or n would exceed 10,000)."""
+    if not np.isfinite(sd_diff) or target <= 0:
+        return None
+    if sd_diff == 0:
+        return 2
+    for n in range(2, 10_001):
+        if mdd(sd_diff, n, k, alpha, power) <= target:
+            return n
+    return None
+
+
 @dataclass
 class Comparison:
     """One variant against the baseline on one metric, over the n objects both have."""
@@ -108,6 +120,8 @@ class Comparison:
     p: float
     p_holm: float = float("nan")
     mdd: float = float("nan")
+    sd_pooled: float = float("nan")
+    """sd of the paired differences pooled over the study's comparisons (what the MDD is computed from)."""
 
     @property
     def separates(self) -> bool:
@@ -156,5 +170,5 @@ def compare(
     pooled = math.sqrt(float(np.mean([d.var(ddof=1) for d in diffs]))) if diffs else float("nan")
     m = mdd(pooled, n, len(others))
     for c in out.values():
-        c.mdd = m
+        c.mdd, c.sd_pooled = m, pooled
     return out, m

@@ -48,6 +48,10 @@ def test_minimum_detectable_difference():
     assert stats.mdd(1.0, 16, 3) == pytest.approx((2.6937 + 0.8662) / 4, abs=1e-3)
     assert stats.mdd(0.04, 16, 3) == pytest.approx(0.0356, abs=1e-4)  # 5 IoU points are detectable at sd 0.04
     assert np.isnan(stats.mdd(1.0, 1, 3))
+    # the pairs needed for a target: the first n whose MDD reaches it
+    assert stats.mdd(0.04, 15, 3) > 0.036 >= stats.mdd(0.04, 16, 3)
+    assert stats.pairs_needed(0.04, 3, 0.036) == 16
+    assert stats.pairs_needed(0.0, 3, 0.05) == 2 and stats.pairs_needed(float("nan"), 3, 0.05) is None
 
 
 def test_mdd_has_the_power_it_claims():
@@ -110,6 +114,7 @@ def test_findings_separate_a_real_difference_and_state_the_mdd_otherwise(tmp_pat
         rows[("fog", "w = 3.0")]["verdict"] == "no detectable difference" and float(rows[("fog", "w = 3.0")]["p"]) == 1
     )
     assert "w = 3.0 is better: Δ = +0.0" in md and "detects |Δ| ≥" in md
+    assert "| 3D IoU | 0.0" in md.split("## What this design can detect")[1]
     assert (tmp_path / "findings.png").stat().st_size > 10_000
     # same inputs, same page: a re-run reproduces the findings to the digit
     assert findings.write("sweep-test", evals, configs, tmp_path / "again", n_resamples=2000) == md

@@ -174,7 +174,7 @@ def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     by_scale = {r["params"]["guidance"]["scale"]: r["metrics"] for r in rows if r["metrics"]}
     assert {10, 30, 50} <= set(by_scale), by_scale
     columns = {frozenset(_flat(m)) for m in by_scale.values()}
-    assert len(columns) == 1 and "world-clip.color" in next(iter(columns)) and "geometry.iou" in next(iter(columns))
+    assert len(columns) == 1 and "tiny-clip.color" in next(iter(columns)) and "geometry.iou" in next(iter(columns))
     assert "metrics.json" in sh("dvc", "metrics", "diff", "HEAD", "w30", "--all")
     assert "R-precision (%) vs guidance weight" in sh("dvc", "plots", "show", "--json")
     clone = tmp_path / "clone"
