@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -233,3 +234,34 @@ def test_fresh_clone_does_not_retrain_committed_weights(workdir, preset):
     scheduled = {line.split()[0] for line in table.splitlines()[3:] if line.strip()}
     assert "train" in scheduled and "evaluate" in scheduled, table
     assert not scheduled & {"train_evaluator", "train_world_unet", "measure_world"}, table
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_dvc_plots_render_offline(tmp_path):
+    """dvc.yaml's plots, as DVC templates them, rendered to SVG without network (Vega bundled in vl-convert)."""
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT)}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text("prompts:\n  benchmark: primitives\n")
+    rep = tmp_path / "reports/primitives"
+    rep.mkdir(parents=True)
+    (rep / "variants.csv").write_text(
+        "variant,guidance_scale,schedule,world-clip.color,world-clip.geo_shape,iou,fog,silhouette_iou\n"
+        "world-w10-uniform,10.0,uniform,95.3,95.3,0.50,0.06,0.65\n"
+        "world-w30-uniform,30.0,uniform,93.8,90.6,0.47,0.09,0.63\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.dvc_plots", "--out", "plots"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "plots/index.html").read_text()
+    assert "R-precision (%) vs guidance weight" in page and "geometry vs guidance weight" in page
+    assert page.count("<svg") >= 2 and "<script" not in page and "cdn" not in page.lower()
+    assert "world-clip.color" in page and "iou" in page  # one series per metric, named in the legend
