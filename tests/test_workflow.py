@@ -132,9 +132,11 @@ def test_full_tiny_run_with_mlflow(workdir):
     assert "variant=world-w50-uniform" in dry.stdout and "variant=world-w10-uniform" not in dry.stdout
 
 
-@pytest.mark.slow  # two more pipeline runs (~5 min); run with `pytest -m slow`
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
+    """The README's DVC section word for word on a tiny config (three pipeline runs, ~4 min): repro, push, two
+    experiments side by side in `dvc exp show` with the same metric columns, metrics diff, plots, and a clone that
+    after `dvc pull` and `snakemake --touch` has nothing to re-run."""
     wd = tiny_workdir(workdir)
     base = yaml.safe_load((wd / "params.yaml").read_text())
     merged = {**base, **{k: v for k, v in TINY.items() if k != "sweep"}}
