@@ -6,7 +6,10 @@ warm-up and cosine decay. All randomness of step k comes from a generator seeded
 from a checkpoint reaches exactly the weights of an uninterrupted run on a CPU.
 
 Outputs in --out: model.safetensors (field + background, with the resolved config in its metadata), metrics.json,
-log.jsonl (one line a step), previews/ (a render every 10 %), checkpoint/ (resumable; removed when done).
+log.jsonl (one line a step), previews/ (a render every 10 %), checkpoint/ (resumable; when done it keeps only hard
+links to the final model and metrics, so a finished object that Snakemake discards as incomplete after an interrupt
+is restored at once on the next run instead of retrained). SIGINT/SIGTERM stop after the current step with a
+checkpoint there (exit 130/143); the next run resumes from it.
 
     python -m pipeline.train --params results/primitives/world-w10-uniform/config.yaml \
         --prompts results/primitives/prompts.json --prompt-id a-red-cube-1234abcd --seed 0 --out out/
@@ -15,11 +18,14 @@ log.jsonl (one line a step), previews/ (a render every 10 %), checkpoint/ (resum
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
-import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +48,39 @@ from pipeline.sds import TimestepSchedule, sds
 
 class TrainingDiverged(RuntimeError):
     """Loss or parameters became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM: the run stopped between two steps and saved a checkpoint there."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopRequests:
+    """SIGINT/SIGTERM handlers that only note the signal; the loop stops between steps (a step cut halfway, with
+    half the parameters updated, would resume to other weights). A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 class CheckpointMismatch(RuntimeError):
@@ -222,6 +261,62 @@ def load_checkpoint(directory: Path, model: Model, opt: torch.optim.Optimizer, i
     return step
 
 
+FINAL = ("model.safetensors", "metrics.json")
+"""A finished run's outputs, kept as hard links in checkpoint/final-<name> (no extra disk space)."""
+
+
+def code_digest() -> str:
+    """Hash of the source files training runs (the same set Snakemake watches): a kept final model is only reused
+    by the code that made it."""
+    from pipeline.provenance import module_sources
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(module_sources("pipeline.train", root)):
+        h.update(f.encode() + b"\0" + (root / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _link_replace(src: Path, dst: Path) -> None:
+    """dst becomes a hard link to src, atomically (a copy where the filesystem has no hard links)."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)
+
+
+def keep_final(ckpt_dir: Path, out: Path, record: dict) -> None:
+    """After the outputs are written: link them into ckpt_dir with the run's identity and code, drop the resumable
+    checkpoint (its Adam state is no longer needed)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for name in FINAL:
+        _link_replace(out / name, ckpt_dir / f"final-{name}")
+    atomic_write_json(ckpt_dir / "final.json", record)
+    (ckpt_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
+def restore_final(ckpt_dir: Path, out: Path, record: dict) -> dict[str, Any] | None:
+    """A finished run of the same identity and code whose outputs were discarded (e.g. by Snakemake after an
+    interrupt): put them back and return its metrics; None (and the stale record removed) otherwise."""
+    rec = ckpt_dir / "final.json"
+    if not rec.exists():
+        return None
+    try:
+        same = json.loads(rec.read_text()) == record and all((ckpt_dir / f"final-{n}").exists() for n in FINAL)
+    except (OSError, json.JSONDecodeError):
+        same = False
+    if not same:
+        for name in ("final.json", *(f"final-{n}" for n in FINAL)):
+            (ckpt_dir / name).unlink(missing_ok=True)
+        return None
+    for name in FINAL:
+        _link_replace(ckpt_dir / f"final-{name}", out / name)
+    return json.loads((out / "metrics.json").read_text())
+
+
 def save_model(path: Path, model: Model, cfg: Config, ident: dict) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(cfg.to_dict()), "identity": json.dumps(ident), "git_sha": git_sha()}
@@ -302,6 +397,10 @@ def train(
     torch.manual_seed(seed)
     ident = identity(cfg, prompt_id, text, seed)
     ckpt_dir = out / "checkpoint"
+    final_record = {**ident, "steps": cfg.train.steps, "code_digest": code_digest()}
+    restored = restore_final(ckpt_dir, out, final_record)
+    if restored is not None:
+        return restored
     guidance = guidance or build_guidance(cfg, device)
     model = Model(cfg).to(device)
     groups = [{"params": list(model.field.parameters()), "lr_scale": 1.0}]
@@ -339,7 +438,7 @@ def train(
         disable=os.environ.get("TQDM_DISABLE") == "1",
     )
     last: dict[str, float] = {}
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log, _StopRequests() as stop:
         for step in bar:
             g = step_generator(seed, step)
             for group in opt.param_groups:
@@ -419,6 +518,14 @@ def train(
                 log.flush()
                 save_checkpoint(ckpt_dir, model, opt, done, ident)
                 return {"stopped_at": done}
+            if stop.signum is not None and done < cfg.train.steps:
+                log.flush()
+                save_checkpoint(ckpt_dir, model, opt, done, ident)
+                raise Interrupted(
+                    f"{signal.Signals(stop.signum).name} after step {done} of {cfg.train.steps}: checkpoint saved in "
+                    f"{ckpt_dir}; run again to resume",
+                    stop.signum,
+                )
     model.field.set_step(None)  # the saved object is the fully unlocked field
     wall = time.perf_counter() - t_start
     ran = cfg.train.steps - start
@@ -438,7 +545,7 @@ def train(
     }
     save_model(out / "model.safetensors", model, cfg, ident)
     atomic_write_json(out / "metrics.json", metrics)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    keep_final(ckpt_dir, out, final_record)
     return metrics
 
 
@@ -470,17 +577,21 @@ def main(argv: list[str] | None = None) -> None:
     guidance = build_guidance(cfg, device, args.world_bank)
     from pipeline.tracking import live_training
 
-    with live_training(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, Path(args.out)) as hook:
-        metrics = train(
-            cfg,
-            args.prompt_id,
-            prompts[args.prompt_id]["text"],
-            args.seed,
-            args.out,
-            guidance,
-            on_step=hook,
-            device=device,
-        )
+    try:
+        with live_training(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, Path(args.out)) as hook:
+            metrics = train(
+                cfg,
+                args.prompt_id,
+                prompts[args.prompt_id]["text"],
+                args.seed,
+                args.out,
+                guidance,
+                on_step=hook,
+                device=device,
+            )
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
     print(json.dumps({k: metrics[k] for k in ("prompt", "final_loss", "wall_seconds", "steps_per_second")}))
 
 

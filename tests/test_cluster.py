@@ -100,3 +100,94 @@ def test_sigkill_mid_training_then_retry_resumes_to_the_same_weights(workdir):
     assert json.loads((killed / "metrics.json").read_text())["resumed_from"] >= step
     a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert all(__import__("torch").equal(a[k], b[k]) for k in a)
+
+
+def test_sigint_mid_training_checkpoints_that_step_and_resumes_to_the_same_weights(workdir):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM: training stops after the current step with a checkpoint there and
+    exits 130/143; the next run resumes to the weights of an uninterrupted run."""
+    wd = _tiny(workdir)
+    run_snakemake(
+        wd,
+        "results/primitives/world-w10-uniform/config.yaml",
+        "results/primitives/prompts.json",
+        "--configfile",
+        "tiny.yaml",
+    )
+    pid = json.loads((wd / "results/primitives/prompts.json").read_text())["selected"][0]
+    env = {**os.environ, "PYTHONPATH": str(wd), "TQDM_DISABLE": "1"}
+
+    def cmd(out):
+        return [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            "--params",
+            str(wd / "results/primitives/world-w10-uniform/config.yaml"),
+            "--prompts",
+            str(wd / "results/primitives/prompts.json"),
+            "--prompt-id",
+            pid,
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+        ]
+
+    from pipeline.train import checkpoint_step
+
+    full = wd / "full" / pid / "seed0"
+    subprocess.run(cmd(full), cwd=wd, env=env, check=True, capture_output=True)
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        cut = wd / sig.name / pid / "seed0"
+        proc = subprocess.Popen(cmd(cut), cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not (cut / "log.jsonl").exists() or len((cut / "log.jsonl").read_text().splitlines()) < 7:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        err = proc.communicate()[1]
+        assert proc.returncode == code, err
+        step = checkpoint_step(cut / "checkpoint")
+        assert f"interrupted: {sig.name} after step {step} of 40" in err and 7 <= step < 40
+        assert len((cut / "log.jsonl").read_text().splitlines()) == step  # nothing of the unfinished step kept
+        subprocess.run(cmd(cut), cwd=wd, env=env, check=True, capture_output=True)
+        assert json.loads((cut / "metrics.json").read_text())["resumed_from"] == step
+        a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+        assert all(__import__("torch").equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_on_snakemake_keeps_the_training_done(workdir):
+    """Ctrl-C on a running workflow (SIGINT to its process group, as a terminal sends it): the interrupted training
+    keeps a checkpoint of the step it reached, and the next run resumes from it instead of step 0."""
+    wd = _tiny(workdir)
+    cfg = yaml.safe_load((wd / "tiny.yaml").read_text())
+    cfg["train"]["steps"] = 400
+    cfg["train"]["checkpoint_every"] = 1000  # no periodic checkpoint: only the interrupt's own can exist
+    (wd / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(wd), "TQDM_DISABLE": "1"}
+    args = [sys.executable, "-m", "snakemake", "--cores", "2", "--until", "train", "--configfile", "tiny.yaml"]
+    proc = subprocess.Popen(
+        args,
+        cwd=wd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    obj = None
+    deadline = time.time() + 180
+    while obj is None or len((obj / "log.jsonl").read_text().splitlines()) < 50:
+        assert time.time() < deadline and proc.poll() is None
+        found = list(wd.glob("results/primitives/world-w10-uniform/*/seed0/log.jsonl"))
+        obj = found[0].parent if found else None
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    from pipeline.train import checkpoint_step
+
+    step = checkpoint_step(obj / "checkpoint")
+    assert step is not None and step >= 50 and not (obj / "model.safetensors").exists()
+    assert len((obj / "log.jsonl").read_text().splitlines()) == step  # the step it reached, not an older one
+    run_snakemake(wd, "--until", "train", "--configfile", "tiny.yaml")
+    assert json.loads((obj / "metrics.json").read_text())["resumed_from"] == step

@@ -39,12 +39,35 @@ def test_end_to_end_outputs(tmp_path, prior):
         and m["resumed_from"] == 0
         and set(m["seconds_per_step"]) == {"render", "guidance", "backward", "optimiser"}
     )
-    assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "checkpoint").exists()
+    assert (tmp_path / "model.safetensors").exists()
+    # the resumable checkpoint is gone; the finished outputs are kept as hard links (no extra disk space)
+    kept = tmp_path / "checkpoint"
+    assert sorted(p.name for p in kept.iterdir()) == ["final-metrics.json", "final-model.safetensors", "final.json"]
+    assert (kept / "final-model.safetensors").stat().st_ino == (tmp_path / "model.safetensors").stat().st_ino
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(8))
     assert len(list((tmp_path / "previews").glob("*.png"))) >= 1
     model, loaded_cfg, ident = load_model(tmp_path / "model.safetensors")
     assert loaded_cfg == cfg and ident["prompt"] == "a red cube."
+
+
+def test_finished_outputs_discarded_after_an_interrupt_are_restored_not_retrained(tmp_path, prior, monkeypatch):
+    """Snakemake marks a job that finished while it was being interrupted as incomplete and deletes its outputs;
+    the next run puts the finished model back instead of training again, but only for the same code."""
+    import pipeline.train as tr
+
+    cfg = from_dict(TINY)
+    train(cfg, "p", "a red cube.", 0, tmp_path, prior)
+    model = (tmp_path / "model.safetensors").read_bytes()
+    for name in ("model.safetensors", "metrics.json"):
+        (tmp_path / name).unlink()
+    steps = []
+    m = train(cfg, "p", "a red cube.", 0, tmp_path, prior, on_step=lambda s, _: steps.append(s))
+    assert steps == [] and (tmp_path / "model.safetensors").read_bytes() == model and m["steps"] == 8
+    (tmp_path / "model.safetensors").unlink()
+    monkeypatch.setattr(tr, "code_digest", lambda: "other code")  # edited code: train again
+    train(cfg, "p", "a red cube.", 0, tmp_path, prior, on_step=lambda s, _: steps.append(s))
+    assert steps == list(range(8))
 
 
 def test_resume_gives_identical_weights(tmp_path, prior):
