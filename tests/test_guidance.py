@@ -70,7 +70,8 @@ def test_missing_hub_model_says_how_to_get_it(tmp_path, monkeypatch):
     msg = str(err.value)
     assert (
         "DeepFloyd/IF-I-XL-v1.0" in msg
-        and "`hf download DeepFloyd/IF-I-XL-v1.0`" in msg
+        and "`hf download DeepFloyd/IF-I-XL-v1.0 --include 'model_index.json'" in msg  # only what this run loads
+        and "--include 'unet/*.safetensors'" in msg
         and "huggingface-cli" not in msg
         and "accept the licence" in msg
     )
@@ -173,3 +174,101 @@ def test_text_encoder_is_freed_once_a_run_has_its_embeddings(tiny_dirs, tmp_path
     assert fi.embed(["a red cube, side view"]).shape == (1, 77, 32)  # cached before the release
     with pytest.raises(RuntimeError, match="text encoder was released; 'a blue cube' was not embedded"):
         fi.embed(["a blue cube"])
+
+
+SD21_FILES = [  # stabilityai/stable-diffusion-2-1-base as the hub lists it (weights and what sits beside them)
+    "model_index.json",
+    "v2-1_512-ema-pruned.safetensors",
+    "v2-1_512-nonema-pruned.safetensors",
+    "feature_extractor/preprocessor_config.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "text_encoder/model.fp16.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/vocab.json",
+    "tokenizer/tokenizer_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.non_ema.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+]
+IF_FILES = [  # DeepFloyd/IF-I-XL-v1.0 (T5-XXL sharded; safety checker and watermarker beside the pipeline)
+    "model_index.json",
+    "safety_checker/model.fp16.safetensors",
+    "watermarker/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model-00001-of-00002.safetensors",
+    "text_encoder/model-00002-of-00002.safetensors",
+    "text_encoder/model.safetensors.index.json",
+    "text_encoder/model.fp16-00001-of-00002.safetensors",
+    "text_encoder/model.fp16-00002-of-00002.safetensors",
+    "text_encoder/model.safetensors.index.fp16.json",
+    "tokenizer/spiece.model",
+    "tokenizer/tokenizer_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+]
+
+
+def test_downloads_only_the_components_used_in_one_precision():
+    """fp16 runs fetch the fp16 files of the components the guidance loads, nothing else: not the 10 GB of root
+    checkpoints beside SD 2.1's pipeline, not IF's fp32 T5 (~19 GB), safety checker or watermarker."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from pipeline.guidance.deepfloyd_if import DeepFloydIFGuidance
+    from pipeline.guidance.loading import download_patterns
+    from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
+
+    def fetched(files, components, variant):
+        allow, ignore = download_patterns(components, variant)
+        return {
+            f for f in filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore) if "safetensors" in f
+        }
+
+    assert fetched(SD21_FILES, StableDiffusionGuidance.components, "fp16") == {
+        "text_encoder/model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    }
+    assert fetched(SD21_FILES, StableDiffusionGuidance.components, None) == {
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    }
+    assert fetched(IF_FILES, DeepFloydIFGuidance.components, "fp16") == {
+        "text_encoder/model.safetensors.index.json",  # a 20 kB index (*.json), not weights
+        "text_encoder/model.fp16-00001-of-00002.safetensors",
+        "text_encoder/model.fp16-00002-of-00002.safetensors",
+        "text_encoder/model.safetensors.index.fp16.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    }
+    allow, ignore = download_patterns(DeepFloydIFGuidance.components, "fp16")
+    assert "tokenizer/spiece.model" in set(filter_repo_objects(IF_FILES, allow_patterns=allow, ignore_patterns=ignore))
+
+
+def test_fp16_runs_load_the_fp16_variant_files(tmp_path):
+    """A pipeline saved as hub repos ship it, weights only as `*.fp16.safetensors`: an fp16 run loads those (the
+    full-precision names do not exist); an fp32 run of a directory without variants still loads."""
+    import shutil
+
+    from pipeline.guidance.loading import load_component, weights_variant
+    from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
+
+    root = save_tiny_sd(tmp_path / "sd")
+    fp32 = StableDiffusionGuidance(str(root), torch.device("cpu"), torch.float32)
+    for name in ("unet", "vae", "text_encoder"):
+        comp = load_component(root, name)
+        shutil.rmtree(root / name)
+        comp.to(torch.float16).save_pretrained(root / name, variant="fp16")
+        assert weights_variant(root, name, "fp16") == "fp16"
+        assert not list((root / name).glob("*model.safetensors"))
+    g = StableDiffusionGuidance(str(root), torch.device("cpu"), torch.float16)
+    assert g.unet.dtype == g.vae.dtype == g.text_encoder.dtype == torch.float16
+    w16 = g.unet.conv_in.weight.float()
+    assert torch.equal(w16, fp32.unet.conv_in.weight.half().float())  # the same weights, from the fp16 files

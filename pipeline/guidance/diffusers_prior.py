@@ -16,13 +16,18 @@ from pipeline.guidance.loading import load_component, resolve_model_dir, verify_
 class DiffusersGuidance(Guidance):
     """Text encoder + tokenizer + UNet + scheduler (ᾱ_t) loaded from a diffusers pipeline directory."""
 
+    components: tuple[str, ...] = ("tokenizer", "text_encoder", "unet", "scheduler")
+    """What is downloaded and loaded from the pipeline directory (nothing else: no safety checker, no root files)."""
+
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype) -> None:
-        self.root: Path = resolve_model_dir(model)
+        # fp16 runs load (and download) the fp16 weight files where the model has them: half the bytes, no fp32 copy
+        self.variant = "fp16" if dtype == torch.float16 else None
+        self.root: Path = resolve_model_dir(model, self.components, self.variant)
         verify_checksums(self.root)
         self._setup(
             load_component(self.root, "tokenizer"),
-            load_component(self.root, "text_encoder", torch_dtype=dtype),
-            load_component(self.root, "unet", torch_dtype=dtype),
+            load_component(self.root, "text_encoder", self.variant, torch_dtype=dtype),
+            load_component(self.root, "unet", self.variant, torch_dtype=dtype),
             load_component(self.root, "scheduler"),
             device,
             dtype,
@@ -32,7 +37,7 @@ class DiffusersGuidance(Guidance):
     def from_modules(cls, tokenizer, text_encoder, unet, scheduler, device: torch.device, dtype: torch.dtype, **extra):
         """Build from in-memory components (benchmarks with random weights); `extra` sets e.g. vae."""
         self = cls.__new__(cls)
-        self.root = Path("<in memory>")
+        self.root, self.variant = Path("<in memory>"), None
         for k, v in extra.items():
             setattr(self, k, v.to(device=device, dtype=dtype).eval().requires_grad_(False) if hasattr(v, "to") else v)
         self._setup(tokenizer, text_encoder.to(dtype), unet.to(dtype), scheduler, device, dtype)

@@ -22,8 +22,32 @@ LICENCE_HINT = {
 }
 
 
-def resolve_model_dir(model: str) -> Path:
-    """A local diffusers directory for `model`: the path itself, or the hub snapshot in the local cache/download."""
+WEIGHTLESS = ("tokenizer", "scheduler")
+"""Components without weights (no dtype, no variant)."""
+
+
+def download_patterns(components: tuple[str, ...], variant: str | None) -> tuple[list[str], list[str]]:
+    """(allow, ignore) patterns for `snapshot_download` that fetch exactly what the guidance loads: model_index.json
+    and the named components' configs and tokenizer files, and their weights in one precision only (the `variant`
+    files, e.g. `*.fp16.safetensors` or sharded `*.fp16-00001-of-00002.safetensors`, else the full-precision ones).
+    Root-level checkpoints (SD's `v2-1_512-*.safetensors`), other components (IF's safety checker, watermarker) and
+    the other precision are never downloaded."""
+    allow = ["model_index.json"]
+    for c in components:
+        allow += [f"{c}/*.json", f"{c}/*.txt", f"{c}/*.model"]
+        if c in WEIGHTLESS:
+            continue
+        if variant:
+            allow += [f"{c}/*.{variant}.safetensors", f"{c}/*.{variant}-*.safetensors"]
+        else:
+            allow.append(f"{c}/*.safetensors")
+    ignore = ["*.non_ema*", "*ema-only*"] + ([] if variant else ["*.fp16*"])
+    return allow, ignore
+
+
+def resolve_model_dir(model: str, components: tuple[str, ...] = (), variant: str | None = None) -> Path:
+    """A local diffusers directory for `model`: the path itself, or the hub snapshot in the local cache/download
+    (only `components`, weights in the `variant` precision when given; see `download_patterns`)."""
     path = Path(model).expanduser()
     looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") != 1
     if looks_local:
@@ -37,20 +61,16 @@ def resolve_model_dir(model: str) -> Path:
     else:
         from huggingface_hub import constants, snapshot_download
 
+        allow, ignore = download_patterns(components or ("tokenizer", "text_encoder", "unet", "scheduler"), variant)
         try:
-            root = Path(
-                snapshot_download(
-                    model,
-                    allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors"],
-                    ignore_patterns=["*.fp16.*", "*.non_ema.*", "*ema-only*"],
-                )
-            )
+            root = Path(snapshot_download(model, allow_patterns=allow, ignore_patterns=ignore))
         except Exception as exc:
             hint = "".join(v for k, v in LICENCE_HINT.items() if model.startswith(k))
+            include = " ".join(f"--include '{a}'" for a in allow)
             raise GuidanceLoadError(
                 f"guidance.model {model!r}: not a local directory and could not be fetched from the Hugging Face hub "
                 f"(cache: {constants.HF_HUB_CACHE}; HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): "
-                f"{type(exc).__name__}. Download it on a machine with network: `hf download {model}` "
+                f"{type(exc).__name__}. Download it on a machine with network: `hf download {model} {include}` "
                 f"(then copy the cache or point guidance.model at the snapshot directory).{hint}"
             ) from None
     if not (root / "model_index.json").is_file():
@@ -85,8 +105,18 @@ def model_index(root: Path) -> dict[str, Any]:
     return json.loads((root / "model_index.json").read_text())
 
 
-def load_component(root: Path, name: str, **kwargs: Any) -> Any:
-    """Load component `name` (e.g. 'unet') with the class that model_index.json names for it."""
+def weights_variant(root: Path, name: str, variant: str | None) -> str | None:
+    """`variant` if component `name` has weight files in it (e.g. diffusion_pytorch_model.fp16.safetensors), else
+    None: a directory saved without variants loads its full-precision files and is cast to the dtype."""
+    if not variant or not (root / name).is_dir():
+        return None
+    files = [p.name for p in (root / name).iterdir()]
+    return variant if any(f".{variant}." in f or f".{variant}-" in f for f in files) else None
+
+
+def load_component(root: Path, name: str, variant: str | None = None, **kwargs: Any) -> Any:
+    """Load component `name` (e.g. 'unet') with the class that model_index.json names for it; weights from the
+    `variant` files (fp16) when the directory has them."""
     index = model_index(root)
     entry = index.get(name)
     if not entry or entry[0] is None:
@@ -96,6 +126,9 @@ def load_component(root: Path, name: str, **kwargs: Any) -> Any:
         cls = getattr(importlib.import_module(library), cls_name)
         if name == "tokenizer":
             return cls.from_pretrained(root / name)
+        found = weights_variant(root, name, variant) if name not in WEIGHTLESS else None
+        if found:
+            kwargs["variant"] = found
         return cls.from_pretrained(root, subfolder=name, **kwargs)
     except Exception as exc:
         raise GuidanceLoadError(

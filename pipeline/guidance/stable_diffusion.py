@@ -15,10 +15,11 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 
 class StableDiffusionGuidance(DiffusersGuidance):
     kind = "latent"
+    components = (*DiffusersGuidance.components, "vae")
 
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype, latent_resolution: int = 512) -> None:
         super().__init__(model or DEFAULT_MODEL, device, dtype)
-        self.vae = load_component(self.root, "vae", torch_dtype=dtype).to(device).eval()
+        self.vae = load_component(self.root, "vae", self.variant, torch_dtype=dtype).to(device).eval()
         self.vae.requires_grad_(False)  # frozen, but differentiable w.r.t. its input
         self.latent_resolution = latent_resolution
 
