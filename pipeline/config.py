@@ -452,11 +452,11 @@ def _build(cls: type, data: Any, prefix: str, src: str) -> Any:
         raise ConfigError(f"{src}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(
-            f"{src}: unknown key {prefix}{unknown[0]!s}; allowed keys under "
-            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}"
+            f"{src}: unknown key {prefix}{unknown[0]!s}{_did_you_mean(str(unknown[0]), fields, prefix)}; allowed keys "
+            f"under {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}"
         )
     kwargs = {}
     for name, value in data.items():
@@ -467,6 +467,14 @@ def _build(cls: type, data: Any, prefix: str, src: str) -> Any:
             kwargs[name] = _coerce(tp, value, key, src)
             _check_range(dict(fields[name].metadata), kwargs[name], key, src)
     return cls(**kwargs)
+
+
+def _did_you_mean(key: str, choices: Any, prefix: str = "") -> str:
+    """' (did you mean guidance.scale?)' for a misspelt key, '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(key, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _check_semantics(cfg: Config, src: str) -> None:
@@ -584,7 +592,8 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any, src: str) -> dict[str, 
     parts = key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"{src}: sweep key {key!r} is not a params key (no {'.'.join(parts[: i + 1])!r})")
+            hint = _did_you_mean(part, node, ".".join(parts[:i]) + "." if i else "") if isinstance(node, dict) else ""
+            raise ConfigError(f"{src}: sweep key {key!r} is not a params key (no {'.'.join(parts[: i + 1])!r}){hint}")
         if i == len(parts) - 1:
             node[part] = value
         else:

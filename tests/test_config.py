@@ -16,7 +16,12 @@ def test_params_yaml_loads():
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
-        ({"guidance": {"sclae": 3}}, "unknown key guidance.sclae; allowed keys under guidance: name, model"),
+        (
+            {"guidance": {"sclae": 3}},
+            "unknown key guidance.sclae (did you mean guidance.scale?); allowed keys under guidance: name, model",
+        ),
+        ({"trian": {"steps": 3}}, "unknown key trian (did you mean train?); allowed keys under the top level"),
+        ({"camera": {"distanse": [1, 2]}}, "unknown key camera.distanse (did you mean camera.distance?)"),
         ({"bogus": 1}, "unknown key bogus"),
         ({"guidance": {"scale": "big"}}, "guidance.scale must be a number, got 'big'"),
         ({"guidance": {"scale": -3}}, "guidance.scale must be >= 0.0, got -3"),
@@ -34,7 +39,10 @@ def test_params_yaml_loads():
         ({"seeds": [-1]}, "seeds must be a non-empty list of distinct integers >= 0, got [-1]"),
         ({"train": {"lr": "1e-3", "steps": "ten"}}, "train.steps must be an integer, got 'ten'"),
         ({"guidance": 5}, "guidance must be a mapping"),
-        ({"sweep": {"guidance.scael": [1, 2]}}, "sweep key 'guidance.scael' is not a params key"),
+        (
+            {"sweep": {"guidance.scael": [1, 2]}},
+            "sweep key 'guidance.scael' is not a params key (no 'guidance.scael') (did you mean guidance.scale?)",
+        ),
         ({"sweep": {"guidance.scale": [10, -1]}}, "guidance.scale must be >= 0.0, got -1"),
         ({"sweep": {"guidance.scale": []}}, "sweep.guidance.scale must be a non-empty list"),
         ({"train": {"orientation_weight": [0, 1, 2]}}, "train.orientation_weight must be a number or [start_step"),
