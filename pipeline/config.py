@@ -224,6 +224,9 @@ class TrainConfig:
     """Write a resumable checkpoint every N steps."""
     preview_every: int = field(default=0, metadata=_range(0))
     """Save a preview render every N steps (0 = every 10 % of training)."""
+    guidance_debug_every: int = field(default=0, metadata=_range(0))
+    """Every this many steps, previews/guidance-step<N>.png: the render, the noisy input and the prior's one-step
+    denoised estimate at a few timesteps (pipeline/guidance_debug.py); 0 = off."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto = cuda when available."""
 

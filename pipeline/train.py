@@ -511,6 +511,9 @@ def train(
                     out / "previews" / f"step{done:06d}.png",
                     lambda p, img=img: save_image(img, str(p), nrow=4, format="png"),
                 )
+            debug_every = cfg.train.guidance_debug_every
+            if debug_every and (done % debug_every == 0 or done == cfg.train.steps):
+                _guidance_strip(guidance, res.rgb[:1].detach(), texts[0], cfg, seed, done, out)
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
                 log.flush()
                 save_checkpoint(ckpt_dir, model, opt, done, ident)
@@ -547,6 +550,18 @@ def train(
     atomic_write_json(out / "metrics.json", metrics)
     keep_final(ckpt_dir, out, final_record)
     return metrics
+
+
+def _guidance_strip(guidance: Guidance, render: Tensor, text: str, cfg: Config, seed: int, done: int, out: Path):
+    """previews/guidance-step<N>.png: what the prior makes of this step's first view (pipeline/guidance_debug.py);
+    its noise comes from its own seeded generator, so the training's random stream is untouched."""
+    from torchvision.utils import save_image
+
+    from pipeline.guidance_debug import strip
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + done)
+    img = strip(guidance, render, guidance.embed([text]), guidance.embed([""]), cfg.guidance, g)
+    atomic_write(out / "previews" / f"guidance-step{done:06d}.png", lambda p: save_image(img, str(p), format="png"))
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -272,3 +272,14 @@ def test_fp16_runs_load_the_fp16_variant_files(tmp_path):
     assert g.unet.dtype == g.vae.dtype == g.text_encoder.dtype == torch.float16
     w16 = g.unet.conv_in.weight.float()
     assert torch.equal(w16, fp32.unet.conv_in.weight.half().float())  # the same weights, from the fp16 files
+
+
+def test_guidance_debug_strip_decodes_latents(tmp_path):
+    """For a latent prior the strip shows z_t and x̂₀ decoded by the VAE, next to the render, in [0, 1]."""
+    from pipeline.config import GuidanceConfig
+    from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
+    from pipeline.guidance_debug import TIMESTEPS, strip
+
+    g = StableDiffusionGuidance(str(save_tiny_sd(tmp_path / "sd")), torch.device("cpu"), torch.float32, 32)
+    img = strip(g, torch.rand(1, 3, 24, 24), g.embed(["a red cube"]), g.embed([""]), GuidanceConfig(scale=7.5))
+    assert img.shape == (3, len(TIMESTEPS) * 32, 3 * 32) and 0 <= img.min() and img.max() <= 1

@@ -131,3 +131,20 @@ def test_tiny_random_stable_diffusion_trains(tmp_path):
     )
     m = train(cfg, "p", "a squirrel.", 0, tmp_path / "out", None)
     assert m["steps"] == 3 and (tmp_path / "out/model.safetensors").exists()
+
+
+def test_guidance_debug_strips_leave_training_unchanged(tmp_path, prior):
+    """Every N steps a strip of what the prior wants (render | z_t | x̂₀ at 4 timesteps); its noise has its own
+    generator, so the trained weights are bit-identical to a run without it."""
+    import imageio.v3 as iio
+
+    plain = from_dict(TINY)
+    debug = from_dict({**TINY, "train": {**TINY["train"], "guidance_debug_every": 4}})
+    train(plain, "p", "a red cube.", 0, tmp_path / "plain", prior)
+    train(debug, "p", "a red cube.", 0, tmp_path / "debug", prior)
+    strips = sorted(p.name for p in (tmp_path / "debug/previews").glob("guidance-step*.png"))
+    assert strips == ["guidance-step000004.png", "guidance-step000008.png"]
+    img = iio.imread(tmp_path / "debug/previews" / strips[0])
+    assert img.shape[:2] == (4 * 16, 3 * 16)  # 4 timesteps × (render, noisy, denoised) at the 16 px bank size
+    a, b = load_file(str(tmp_path / "plain/model.safetensors")), load_file(str(tmp_path / "debug/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
