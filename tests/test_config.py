@@ -177,3 +177,13 @@ def test_recipe_and_name_errors(data, needle):
 def test_swept_strings_make_safe_variant_names():
     cfg = from_dict({"sweep": {"guidance.model": ["a/b c", "$(x)"]}})
     assert all(cfgmod.SAFE_NAME.fullmatch(n) for n in cfgmod.variants(cfg))
+
+
+def test_params_yaml_syntax_error_names_the_line_through_snakemake(workdir):
+    """Snakemake's own message for a broken params.yaml has no line; the workflow says where."""
+    from tests.conftest import run_snakemake
+
+    (workdir / "params.yaml").write_text("prompts:\n  benchmark: primitives\nguidance:\n  scale: [1,\n  name: world\n")
+    out = run_snakemake(workdir, "-n", check=False)
+    assert out.returncode != 0
+    assert "params.yaml: not valid YAML at line 6, column 1: expected ',' or ']'" in out.stdout + out.stderr
