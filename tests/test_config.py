@@ -100,7 +100,40 @@ def test_presets_are_valid(preset):
             a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
         return a
 
-    cfgmod.variants(from_dict(merge(base, over), str(preset)))
+    from snakemake.utils import validate
+
+    for variant in cfgmod.variants(from_dict(merge(base, over), str(preset))).values():
+        validate(variant.to_dict(), str(ROOT / "schemas/params.schema.json"))  # what the workflow checks too
+
+
+def test_json_schema_is_current_documented_and_strict():
+    """schemas/params.schema.json is generated from pipeline/config.py (so it cannot drift): every key documented,
+    ranges kept, unknown keys refused (as the validator does)."""
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from pipeline import schema
+
+    committed = (ROOT / "schemas/params.schema.json").read_text()
+    assert committed == schema.render(), "run `python -m pipeline.schema`"
+    s = json.loads(committed)
+    scale = s["$defs"]["GuidanceConfig"]["properties"]["scale"]
+    assert scale["minimum"] == 0.0 and scale["description"].startswith("Guidance weight")
+    undocumented = [
+        f"{name}.{key}"
+        for name, d in s["$defs"].items()
+        for key, p in d["properties"].items()
+        if "description" not in p
+    ]
+    assert undocumented == []
+    v = Draft202012Validator(s)
+    good = cfgmod.load(ROOT / "params.yaml").to_dict()
+    assert not list(v.iter_errors(good))
+    bad = {**good, "guidance": {**good["guidance"], "sclae": 3}, "train": {**good["train"], "steps": 0}}
+    messages = sorted(e.message for e in v.iter_errors(bad))
+    assert "Additional properties are not allowed ('sclae' was unexpected)" in messages
+    assert "0 is less than the minimum of 1" in messages
 
 
 @pytest.mark.parametrize(
