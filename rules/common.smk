@@ -7,10 +7,13 @@ sys.path.insert(0, workflow.basedir)
 from pipeline import config as cfgmod  # noqa: E402
 from pipeline import prompts as promptmod  # noqa: E402
 from pipeline.provenance import module_sources  # noqa: E402
+from snakemake.utils import validate  # noqa: E402
 
 try:
     CFG = cfgmod.from_dict(config, "params.yaml (+ --config/--configfile overrides)")
     VARIANTS = cfgmod.variants(CFG)
+    for _resolved in VARIANTS.values():  # the same rules as JSON schema (editors use it): generated from pipeline/config.py
+        validate(_resolved.to_dict(), os.path.join(workflow.basedir, "schemas/params.schema.json"))
     BENCH = CFG.prompts.benchmark
     PROMPT_FILE = f"prompts/{BENCH}.txt"
     PROMPTS = promptmod.select(

@@ -108,7 +108,40 @@ def test_presets_are_valid(preset):
             a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
         return a
 
-    cfgmod.variants(from_dict(merge(base, over), str(preset)))
+    from snakemake.utils import validate
+
+    for variant in cfgmod.variants(from_dict(merge(base, over), str(preset))).values():
+        validate(variant.to_dict(), str(ROOT / "schemas/params.schema.json"))  # what the workflow checks too
+
+
+def test_json_schema_is_current_documented_and_strict():
+    """schemas/params.schema.json is generated from pipeline/config.py (so it cannot drift): every key documented,
+    ranges kept, unknown keys refused (as the validator does)."""
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from pipeline import schema
+
+    committed = (ROOT / "schemas/params.schema.json").read_text()
+    assert committed == schema.render(), "run `python -m pipeline.schema`"
+    s = json.loads(committed)
+    scale = s["$defs"]["GuidanceConfig"]["properties"]["scale"]
+    assert scale["minimum"] == 0.0 and scale["description"].startswith("Guidance weight")
+    undocumented = [
+        f"{name}.{key}"
+        for name, d in s["$defs"].items()
+        for key, p in d["properties"].items()
+        if "description" not in p
+    ]
+    assert undocumented == []
+    v = Draft202012Validator(s)
+    good = cfgmod.load(ROOT / "params.yaml").to_dict()
+    assert not list(v.iter_errors(good))
+    bad = {**good, "guidance": {**good["guidance"], "sclae": 3}, "train": {**good["train"], "steps": 0}}
+    messages = sorted(e.message for e in v.iter_errors(bad))
+    assert "Additional properties are not allowed ('sclae' was unexpected)" in messages
+    assert "0 is less than the minimum of 1" in messages
 
 
 @pytest.mark.parametrize(
@@ -185,3 +218,13 @@ def test_recipe_and_name_errors(data, needle):
 def test_swept_strings_make_safe_variant_names():
     cfg = from_dict({"sweep": {"guidance.model": ["a/b c", "$(x)"]}})
     assert all(cfgmod.SAFE_NAME.fullmatch(n) for n in cfgmod.variants(cfg))
+
+
+def test_params_yaml_syntax_error_names_the_line_through_snakemake(workdir):
+    """Snakemake's own message for a broken params.yaml has no line; the workflow says where."""
+    from tests.conftest import run_snakemake
+
+    (workdir / "params.yaml").write_text("prompts:\n  benchmark: primitives\nguidance:\n  scale: [1,\n  name: world\n")
+    out = run_snakemake(workdir, "-n", check=False)
+    assert out.returncode != 0
+    assert "params.yaml: not valid YAML at line 6, column 1: expected ',' or ']'" in out.stdout + out.stderr
