@@ -149,9 +149,22 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device("cuda")
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The only source of randomness of a step (cameras, shading, t, ε, strata)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, restart: int = 0) -> torch.Generator:
+    """The only source of randomness of a step (cameras, shading, t, ε, strata). `restart` counts divergences of this
+    object: a retry after one draws other cameras and noise from the last good checkpoint on, instead of walking
+    into the same NaN again (0 = the normal stream)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + restart * 7_919_000_017)
+
+
+DIVERGED = "diverged.json"
+"""checkpoint/diverged.json: how often this object diverged and where (the retries' random streams follow it)."""
+
+
+def _restarts(ckpt_dir: Path) -> int:
+    try:
+        return int(json.loads((ckpt_dir / DIVERGED).read_text())["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -346,9 +359,13 @@ def _check_finite(step: int, what: str, value: Tensor, ckpt_dir: Path) -> None:
     if not torch.isfinite(value).all():
         last = checkpoint_step(ckpt_dir)
         where = f"step {last} in {ckpt_dir}" if last is not None else "none yet"
+        count = _restarts(ckpt_dir) + 1
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(ckpt_dir / DIVERGED, {"count": count, "step": step, "what": what})
         raise TrainingDiverged(
-            f"step {step}: {what} is NaN/Inf; stopped. Last good checkpoint: {where}. "
-            "Lower train.lr or guidance.scale, or enable guidance.score_clip"
+            f"step {step}: {what} is NaN/Inf; stopped. Last good checkpoint: {where}; a retry resumes there with "
+            f"another random stream (divergence {count} of this object). If it recurs, lower train.lr or "
+            "guidance.scale, or enable guidance.score_clip"
         )
 
 
@@ -439,8 +456,9 @@ def train(
     )
     last: dict[str, float] = {}
     with open(log_path, "a", encoding="utf-8") as log, _StopRequests() as stop:
+        restart = _restarts(ckpt_dir)
         for step in bar:
-            g = step_generator(seed, step)
+            g = step_generator(seed, step, restart)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
             model.field.set_step(step)
@@ -536,6 +554,7 @@ def train(
         **ident,
         "steps": cfg.train.steps,
         "resumed_from": start,
+        "divergence_restarts": restart,
         "final_loss": last.get("loss"),
         "final_opacity": last.get("opacity"),
         "wall_seconds": wall,

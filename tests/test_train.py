@@ -118,6 +118,21 @@ def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path, prior):
     assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "metrics.json").exists()
 
 
+def test_a_retry_after_divergence_resumes_with_another_random_stream(tmp_path, prior):
+    """A NaN at step 4 stops the run (last good checkpoint: step 3); the retry resumes there with other cameras and
+    noise instead of walking into the same NaN again, and says so in its metrics."""
+    cfg = from_dict(TINY)
+    train(cfg, "p", "a red cube.", 0, tmp_path / "clean", prior)
+    with pytest.raises(TrainingDiverged, match="a retry resumes there with another random stream"):
+        train(cfg, "p", "a red cube.", 0, tmp_path / "run", NaNAfter(prior, 4))
+    m = train(cfg, "p", "a red cube.", 0, tmp_path / "run", prior)
+    assert m["resumed_from"] == 3 and m["divergence_restarts"] == 1
+    log = lambda d: [json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    clean, retried = log("clean"), log("run")
+    assert [r["t_mean"] for r in retried[:3]] == [r["t_mean"] for r in clean[:3]]  # before: the same stream
+    assert [r["t_mean"] for r in retried[3:]] != [r["t_mean"] for r in clean[3:]]  # after: another one
+
+
 def test_tiny_random_stable_diffusion_trains(tmp_path):
     from tests.tiny_models import save_tiny_sd
 
