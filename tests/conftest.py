@@ -28,6 +28,7 @@ def workdir(tmp_path: Path) -> Path:
         "models",
         "profiles",
         "report",
+        "schemas",
     ]:
         src = ROOT / name
         if src.is_dir():
