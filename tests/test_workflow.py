@@ -267,3 +267,42 @@ def test_dvc_plots_render_offline(tmp_path):
     assert "R-precision (%) vs guidance weight" in page and "geometry vs guidance weight" in page
     assert page.count("<svg") >= 2 and "<script" not in page and "cdn" not in page.lower()
     assert "world-clip.color" in page and "iou" in page  # one series per metric, named in the legend
+
+
+@pytest.mark.parametrize(
+    ("preset", "save"),
+    [("configs/sd21-coco153.yaml", "save_tiny_sd"), ("configs/if-coco153.yaml", "save_tiny_if")],
+    ids=["sd21", "if"],
+)
+def test_gpu_presets_run_end_to_end_with_tiny_models(workdir, preset, save):
+    """The SD and IF presets' own settings (field, cameras, shading, background, schedule, CFG convention) through
+    the whole workflow on a CPU, with tiny models of the real component types in place of the real weights:
+    2 COCO prompts × a few steps → mesh, views, evaluation (tiny CLIP), report."""
+    import tests.tiny_models as tiny
+
+    save_tiny_clip(workdir / "tiny-clip.pt")
+    model = getattr(tiny, save)(workdir / "tiny-model")
+    small = {
+        "prompts": {
+            "select": ["A blue bicycle parked by a metal gate.", "an orange bike leaning on a pole in the snow"]
+        },
+        "seeds": [0],
+        "guidance": {"model": str(model), "latent_resolution": 32},
+        "nerf": {"unlock_steps": [1, 2]},
+        "render": {"resolution": 16, "samples": 16},
+        "shading": {"albedo_steps": 2},
+        "train": {"steps": 3, "device": "cpu", "warmup_steps": 1, "checkpoint_every": 2, "guidance_debug_every": 3},
+        "mesh": {"resolution": 24},
+        "views": {"azimuths": 2, "resolution": 16, "samples": 16, "turntable_frames": 2},
+        "evaluate": {"clip_models": ["tiny-clip.pt"], "bootstrap": 100},
+        "tracking": {"enabled": False},
+    }
+    (workdir / "small.yaml").write_text(yaml.safe_dump(small))
+    run_snakemake(workdir, "--configfile", preset, "small.yaml", "--retries", "0")
+    res = workdir / "results/coco153"
+    (variant,) = [p for p in res.iterdir() if (p / "rprecision.json").exists()]
+    ev = json.loads((variant / "rprecision.json").read_text())
+    assert ev["retrieval_set_size"] == 153 and set(ev["models"]["tiny-clip.pt"]) == {"color", "geo"}
+    assert len(list(variant.glob("*/seed0/mesh.glb"))) == 2
+    assert len(list(variant.glob("*/seed0/previews/guidance-step000003.png"))) == 2
+    assert "GT renders" not in (workdir / "reports/coco153/table.md").read_text()  # no ceiling outside the world
