@@ -2,8 +2,9 @@
 statistics of pipeline/stats.py, one paragraph per metric, a per-prompt table and a plot, all generated from the
 evaluation files, so a re-run of the workflow regenerates the page to the digit.
 
-Outputs (reports/<study>/): findings.md, findings.csv (one row per variant × metric), findings.png. The workflow's
-`publish` target copies the page and the plot to docs/findings/<study>.{md,png}, which the README links.
+Outputs (reports/<study>/): findings.md, findings.csv (one row per variant × metric), findings.png, summary.md (the
+verdicts in a few lines). The workflow's `publish` target copies the page and the plot to
+docs/findings/<study>.{md,png} and puts the summary into the README's `<!-- findings:<study> -->` block.
 
     python -m pipeline.findings --study sweep-guidance --evals results/b/*/rprecision.json \
         --configs results/b/*/config.yaml --out-dir reports/sweep-guidance
@@ -293,6 +294,7 @@ def write(
     ]
     text = "\n".join(md)
     atomic_write_text(out_dir / "findings.md", text)
+    atomic_write_text(out_dir / "summary.md", summary(study, results, metrics, names, baseline))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["metric"])
     w.writeheader()
@@ -353,12 +355,52 @@ def _plot(
     plt.close(fig)
 
 
-def publish(out_dir: Path, study: str, dest: Path) -> None:
-    """Copy a study's findings page and plot to dest/<study>.md and dest/<study>.png (the README's links)."""
+def summary(
+    study: str,
+    results: dict[str, tuple[dict[str, stats.Comparison], float]],
+    metrics: list[Metric],
+    names: dict[str, str],
+    baseline: str,
+) -> str:
+    """The study's verdicts in a few lines (the README's block): per metric, which variants separate from the
+    baseline (Δ and its interval) and the MDD below which the rest may hide a difference."""
+    first = next(iter(results.values()))[0]
+    n = next((c.n for v, c in first.items() if v != baseline), 0)
+    lines = [
+        f"**[{study}](docs/findings/{study}.md)** — {len(first)} variants, n = {n} paired objects, baseline "
+        f"{names[baseline]}:"
+    ]
+    for m in metrics:
+        comps, mdd = results[m.key]
+        sep = [c for v, c in comps.items() if v != baseline and c.separates]
+        parts = [
+            f"{names[c.variant]} {_verdict(c, m)} ({m.fmt(c.delta, True)} [{m.fmt(c.delta_ci[0], True)}, "
+            f"{m.fmt(c.delta_ci[1], True)}])"
+            for c in sep
+        ]
+        rest = len(comps) - 1 - len(sep)
+        if rest:
+            parts.append(f"{'the others' if sep else 'all'} within the MDD of {m.fmt(mdd)}{m.unit}")
+        lines.append(f"- {m.label}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def publish(out_dir: Path, study: str, dest: Path, readme: Path | None = None) -> None:
+    """Copy a study's findings page and plot to dest/<study>.md and dest/<study>.png (the README's links), and
+    replace the README's block between `<!-- findings:<study> -->` and `<!-- /findings:<study> -->` (if it has
+    one) with the study's summary."""
     text = (out_dir / "findings.md").read_text(encoding="utf-8")
     atomic_write_text(dest / f"{study}.md", text.replace("](findings.png)", f"]({study}.png)"))
     with atomic_path(dest / f"{study}.png") as tmp:
         tmp.write_bytes((out_dir / "findings.png").read_bytes())
+    if readme is not None and readme.exists():
+        start, end = f"<!-- findings:{study} -->", f"<!-- /findings:{study} -->"
+        page = readme.read_text(encoding="utf-8")
+        if start in page and end in page:
+            head, rest = page.split(start, 1)
+            _, tail = rest.split(end, 1)
+            block = (out_dir / "summary.md").read_text(encoding="utf-8")
+            atomic_write_text(readme, f"{head}{start}\n{block}{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,9 +411,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--bootstrap", type=int, default=10_000)
     ap.add_argument("--publish-to", default=None, help="copy OUT_DIR's findings.md/.png to DIR/<study>.md/.png")
+    ap.add_argument("--readme", default=None, help="with --publish-to: the README whose findings block to update")
     args = ap.parse_args(argv)
     if args.publish_to:
-        publish(Path(args.out_dir), args.study, Path(args.publish_to))
+        publish(Path(args.out_dir), args.study, Path(args.publish_to), Path(args.readme) if args.readme else None)
         return
     if not args.evals or len(args.evals) != len(args.configs):
         ap.error("--evals and --configs must list the same variants in the same order")

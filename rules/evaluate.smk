@@ -105,6 +105,7 @@ rule findings:
         md=report(f"{REPORT}/findings.md", caption="../report/findings.rst", category="Findings"),
         csv=f"{REPORT}/findings.csv",
         png=report(f"{REPORT}/findings.png", caption="../report/findings_plot.rst", category="Findings"),
+        summary=f"{REPORT}/summary.md",
     params:
         out=lambda w, output: os.path.dirname(output.md),
         study=STUDY,
@@ -118,11 +119,13 @@ rule findings:
 
 
 rule publish:
-    """Copy the study's findings page and plot to docs/findings/<study>.{md,png}, the pages the README links
+    """Copy the study's findings page and plot to docs/findings/<study>.{md,png}, the pages the README links, and
+    its summary into the README's findings block for the study
     (`snakemake --cores all publish --configfile configs/<sweep>.yaml`; not part of `all`)."""
     input:
         md=f"{REPORT}/findings.md",
         png=f"{REPORT}/findings.png",
+        summary=f"{REPORT}/summary.md",
         code=code("pipeline.findings"),
     output:
         md=f"docs/findings/{STUDY}.md",
@@ -137,4 +140,4 @@ rule publish:
         "../envs/dreamfusion.yaml"
     shell:
         "python -m pipeline.findings --study {params.study:q} --out-dir {params.src:q} --publish-to {params.dest:q}"
-        " > {log:q} 2>&1"
+        " --readme README.md > {log:q} 2>&1"

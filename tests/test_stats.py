@@ -118,9 +118,15 @@ def test_findings_separate_a_real_difference_and_state_the_mdd_otherwise(tmp_pat
     assert (tmp_path / "findings.png").stat().st_size > 10_000
     # same inputs, same page: a re-run reproduces the findings to the digit
     assert findings.write("sweep-test", evals, configs, tmp_path / "again", n_resamples=2000) == md
-    findings.publish(tmp_path, "sweep-test", tmp_path / "docs")
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("**[sweep-test](docs/findings/sweep-test.md)** — 3 variants, n = 16 paired objects")
+    assert "- 3D IoU: w = 3.0 better (+0.0" in summary and "the others within the MDD of 0.0" in summary
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- findings:sweep-test -->\nold\n<!-- /findings:sweep-test -->\nafter\n")
+    findings.publish(tmp_path, "sweep-test", tmp_path / "docs", readme)
     assert "](sweep-test.png)" in (tmp_path / "docs/sweep-test.md").read_text()
     assert (tmp_path / "docs/sweep-test.png").read_bytes() == (tmp_path / "findings.png").read_bytes()
+    assert readme.read_text() == f"# x\n<!-- findings:sweep-test -->\n{summary}<!-- /findings:sweep-test -->\nafter\n"
 
 
 def test_findings_lists_prompts_that_fail_under_every_variant(tmp_path):

@@ -124,7 +124,9 @@ def test_full_tiny_run_with_mlflow(workdir):
     # another study over the same variants (its own report folder) trains nothing: the objects are shared
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", "study=other", "-n").stdout
     assert _scheduled(dry) == {"findings", "report", "track", "all"}
+    (wd / "README.md").write_text("<!-- findings:primitives -->\n<!-- /findings:primitives -->\n")
     run_snakemake(wd, "publish", "--configfile", "tiny.yaml")  # the target first: --configfile takes a list
+    assert "**[primitives](docs/findings/primitives.md)** — 2 variants" in (wd / "README.md").read_text()
     assert (wd / "docs/findings/primitives.md").read_text().count("](primitives.png)") == 1
     assert (wd / "docs/findings/primitives.png").read_bytes() == (rep / "findings.png").read_bytes()
     (wd / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "sweep": {"guidance.scale": [10, 50]}}))
