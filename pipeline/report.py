@@ -235,11 +235,11 @@ def variants_csv(per_variant: dict[str, Any], variants: list[str], evals: dict[s
             "guidance_scale": evals[v].get("guidance_scale"),
             "schedule": evals[v].get("schedule"),
         }
-        for key, val in per_variant[v].items():
-            for m, x in val.items():
-                row[f"{m}" if key == "geometry" else f"{key}.{m}"] = (
-                    None if x is None else round(100 * x, 2) if key != "geometry" else x
-                )
+        for key, values in per_variant[v].items():  # {clip: {mode: fraction}}, then {"geometry": {measure: value}}
+            if key == "geometry":
+                row.update(values)
+            else:
+                row.update({f"{key}.{m}": round(100 * x, 2) for m, x in values.items()})
         rows.append(row)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     w = csv.DictWriter(buf, fieldnames=fields or ["variant"])

@@ -24,6 +24,25 @@ def _tiny(workdir):
     return workdir
 
 
+def _train_cli(workdir):
+    """A tiny one-prompt variant configured by the workflow, and `python -m pipeline.train` for it: (work dir, prompt
+    id, environment, command builder taking the output folder)."""
+    wd = _tiny(workdir)
+    cfg = "results/primitives/world-w10-uniform/config.yaml"
+    run_snakemake(wd, cfg, "results/primitives/prompts.json", "--configfile", "tiny.yaml")
+    pid = json.loads((wd / "results/primitives/prompts.json").read_text())["selected"][0]
+    env = {**os.environ, "PYTHONPATH": str(wd), "TQDM_DISABLE": "1"}
+
+    def cmd(out):
+        return [
+            sys.executable, "-m", "pipeline.train", "--params", str(wd / cfg),
+            "--prompts", str(wd / "results/primitives/prompts.json"),
+            "--prompt-id", pid, "--seed", "0", "--out", str(out),
+        ]  # fmt: skip
+
+    return wd, pid, env, cmd
+
+
 def test_cluster_generic_runs_each_job_as_a_submitted_process(workdir):
     wd = _tiny(workdir)
     submit = wd / "submit.sh"
@@ -54,35 +73,7 @@ def test_cluster_generic_runs_each_job_as_a_submitted_process(workdir):
 
 
 def test_sigkill_mid_training_then_retry_resumes_to_the_same_weights(workdir):
-    wd = _tiny(workdir)
-    run_snakemake(
-        wd,
-        "results/primitives/world-w10-uniform/config.yaml",
-        "results/primitives/prompts.json",
-        "--configfile",
-        "tiny.yaml",
-    )
-    cfg_path = wd / "results/primitives/world-w10-uniform/config.yaml"
-    pid = json.loads((wd / "results/primitives/prompts.json").read_text())["selected"][0]
-    env = {**os.environ, "PYTHONPATH": str(wd), "TQDM_DISABLE": "1"}
-
-    def cmd(out):
-        return [
-            sys.executable,
-            "-m",
-            "pipeline.train",
-            "--params",
-            str(cfg_path),
-            "--prompts",
-            str(wd / "results/primitives/prompts.json"),
-            "--prompt-id",
-            pid,
-            "--seed",
-            "0",
-            "--out",
-            str(out),
-        ]
-
+    wd, pid, env, cmd = _train_cli(workdir)
     full = wd / "full" / "v" / pid / "seed0"
     subprocess.run(cmd(full), cwd=wd, env={**env}, check=True, capture_output=True)
     killed = wd / "killed" / "v" / pid / "seed0"
@@ -105,34 +96,7 @@ def test_sigkill_mid_training_then_retry_resumes_to_the_same_weights(workdir):
 def test_sigint_mid_training_checkpoints_that_step_and_resumes_to_the_same_weights(workdir):
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM: training stops after the current step with a checkpoint there and
     exits 130/143; the next run resumes to the weights of an uninterrupted run."""
-    wd = _tiny(workdir)
-    run_snakemake(
-        wd,
-        "results/primitives/world-w10-uniform/config.yaml",
-        "results/primitives/prompts.json",
-        "--configfile",
-        "tiny.yaml",
-    )
-    pid = json.loads((wd / "results/primitives/prompts.json").read_text())["selected"][0]
-    env = {**os.environ, "PYTHONPATH": str(wd), "TQDM_DISABLE": "1"}
-
-    def cmd(out):
-        return [
-            sys.executable,
-            "-m",
-            "pipeline.train",
-            "--params",
-            str(wd / "results/primitives/world-w10-uniform/config.yaml"),
-            "--prompts",
-            str(wd / "results/primitives/prompts.json"),
-            "--prompt-id",
-            pid,
-            "--seed",
-            "0",
-            "--out",
-            str(out),
-        ]
-
+    wd, pid, env, cmd = _train_cli(workdir)
     from pipeline.train import checkpoint_step
 
     full = wd / "full" / pid / "seed0"
