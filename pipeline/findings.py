@@ -83,10 +83,21 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with today's defaults filled in, so a key added since an object was trained (absent from its
+    config.yaml) does not count as a setting that differs."""
+    from pipeline.config import ConfigError, from_dict
+
+    try:
+        return from_dict(config, "config.yaml").to_dict()
+    except ConfigError:
+        return config
+
+
 def labels(configs: dict[str, dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
     """A short label per variant from the settings that differ between them (e.g. {"world-w3-uniform": "w = 3"}),
     and those keys."""
-    flat = {v: _flatten(c) for v, c in configs.items()}
+    flat = {v: _flatten(_resolved(c)) for v, c in configs.items()}
     keys = sorted({k for f in flat.values() for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
     short = {"guidance.scale": "w", "schedule.name": "schedule", "guidance.name": "prior"}

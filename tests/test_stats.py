@@ -141,3 +141,16 @@ def test_findings_lists_prompts_that_fail_under_every_variant(tmp_path):
     configs["b"] = json.loads(json.dumps(configs["a"]))
     md = findings.write("s", evals, configs, tmp_path, n_resamples=500)
     assert "Failing under every variant (mean 3D IoU < 0.2): a thing0." in md
+
+
+def test_labels_ignore_keys_added_since_an_object_was_trained():
+    """The schedule sweep's baseline objects were configured before `train.guidance_debug_every` existed: their
+    config.yaml lacks it, which must not make it a 'varied' setting (it labelled every variant '…, = None / 0')."""
+    from pipeline.config import from_dict
+    from pipeline.findings import labels
+
+    new = from_dict({"schedule": {"name": "hifa"}}).to_dict()
+    old = from_dict({}).to_dict()
+    del old["train"]["guidance_debug_every"]
+    names, varying = labels({"base": old, "hifa": new})
+    assert varying == ["schedule.name"] and names == {"base": "schedule = uniform", "hifa": "schedule = hifa"}
