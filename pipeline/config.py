@@ -75,6 +75,18 @@ class GuidanceConfig:
     """Debiased SDS: clamp (ε̂ − ε) elementwise to ±threshold (0 = off); a schedule makes it grow linearly."""
     view_suffix: bool = True
     """Append the view-dependent suffix (", front view", ...) to the prompt, as in the paper."""
+    negative_prompt: str = ""
+    """Unconditional text of CFG, which ε̂ steers away from (threestudio `negative_prompt`, stable-dreamfusion
+    `--negative`); empty = the usual "". With the closed-form world prior it must be one of the world's captions."""
+    negative_view_prompts: bool = False
+    """Janus counter-measure: add the opposite views to each view's negative text (front → "back view", side →
+    "front view, back view", back → "front view", overhead → "bottom view"; stable-dreamfusion `--negative_dir_text`).
+    Needs a prior with a text encoder (not the closed-form world prior)."""
+    perp_neg: bool = False
+    """Janus counter-measure: Perp-Neg (Armandpour et al. 2023; threestudio `use_perp_neg`): the positive embedding
+    interpolated by azimuth between the front/side/back prompts, the other views as negatives applied perpendicular
+    to the positive direction, with threestudio's weight curves (pipeline/guidance/prompting.py). Costs two more
+    U-Net passes per view; needs `view_suffix` and a prior with continuous embeddings (not the closed-form world)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Guidance model dtype; auto = fp16 on a GPU, fp32 on a CPU."""
     latent_resolution: int = field(default=512, metadata=_range(8))
@@ -546,6 +558,17 @@ def _check_semantics(cfg: Config, src: str) -> None:
         )
     if not cfg.evaluate.clip_models:
         raise ConfigError(f"{src}: evaluate.clip_models must name at least one CLIP model")
+    g = cfg.guidance
+    if g.perp_neg and not g.view_suffix:
+        raise ConfigError(
+            f"{src}: guidance.perp_neg interpolates the view prompts, so it needs guidance.view_suffix: true"
+        )
+    if g.name == "world" and (g.perp_neg or g.negative_view_prompts):
+        key = "guidance.perp_neg" if g.perp_neg else "guidance.negative_view_prompts"
+        raise ConfigError(
+            f"{src}: {key} needs a prior with a text encoder (world-unet, stable-diffusion, deepfloyd-if); the "
+            "closed-form world prior knows only its 36 captions: use guidance.name: world-unet, or switch it off"
+        )
 
 
 def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:

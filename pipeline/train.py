@@ -39,8 +39,9 @@ from tqdm import tqdm
 from pipeline.config import Config, scheduled
 from pipeline.config import load as load_config
 from pipeline.guidance import Guidance, build_guidance
+from pipeline.guidance.prompting import ViewPrompter
 from pipeline.io import atomic_write, atomic_write_json
-from pipeline.nerf.cameras import VIEW_SUFFIXES, orbit_cameras, sample_cameras, with_suffix
+from pipeline.nerf.cameras import orbit_cameras, sample_cameras
 from pipeline.nerf.field import build_field
 from pipeline.nerf.renderer import Background, Shading, render, sample_shading
 from pipeline.sds import TimestepSchedule, sds
@@ -433,9 +434,8 @@ def train(
     )
     start = load_checkpoint(ckpt_dir, model, opt, ident, cfg.train.steps)
     schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)
-    uncond = guidance.embed([""] * cfg.train.batch_views)
-    base = text.rstrip(".")
-    guidance.embed([f"{base}, {v}" for v in VIEW_SUFFIXES] if cfg.guidance.view_suffix else [text])
+    prompter = ViewPrompter(guidance, text, cfg.guidance)
+    guidance.embed(prompter.texts())
     guidance.release_text_encoder()  # every text this run needs is cached
     every_preview = cfg.train.preview_every or max(1, cfg.train.steps // 10)
     log_path = out / "log.jsonl"
@@ -479,12 +479,9 @@ def train(
                 need_normals=shading.needs_normals or orient_w > 0,
             )
             t1 = time.perf_counter()
-            texts = [
-                with_suffix(text, e, a) if cfg.guidance.view_suffix else text
-                for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(), strict=True)
-            ]
+            c = prompter(cams.elevation.tolist(), cams.azimuth.tolist())
             t = schedule(step, cfg.train.batch_views, g)
-            s = sds(guidance, res.rgb, guidance.embed(texts), uncond, t, cfg.guidance, step, g)
+            s = sds(guidance, res.rgb, c.cond, c.uncond, t, cfg.guidance, step, g, c.negatives, c.neg_weights)
             t2 = time.perf_counter()
             sds_term = s.loss / cfg.train.batch_views if cfg.train.sds_reduction == "mean" else s.loss
             opacity_pen = torch.sqrt(res.opacity**2 + 0.01).mean()
@@ -531,7 +528,7 @@ def train(
                 )
             debug_every = cfg.train.guidance_debug_every
             if debug_every and (done % debug_every == 0 or done == cfg.train.steps):
-                _guidance_strip(guidance, res.rgb[:1].detach(), texts[0], cfg, seed, done, out)
+                _guidance_strip(guidance, res.rgb[:1].detach(), c.cond[:1], c.uncond[:1], cfg, seed, done, out)
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
                 log.flush()
                 save_checkpoint(ckpt_dir, model, opt, done, ident)
@@ -571,15 +568,18 @@ def train(
     return metrics
 
 
-def _guidance_strip(guidance: Guidance, render: Tensor, text: str, cfg: Config, seed: int, done: int, out: Path):
-    """previews/guidance-step<N>.png: what the prior makes of this step's first view (pipeline/guidance_debug.py);
-    its noise comes from its own seeded generator, so the training's random stream is untouched."""
+def _guidance_strip(
+    guidance: Guidance, render: Tensor, cond: Tensor, uncond: Tensor, cfg: Config, seed: int, done: int, out: Path
+):
+    """previews/guidance-step<N>.png: what the prior makes of this step's first view (pipeline/guidance_debug.py),
+    under that view's embeddings (plain CFG, also with Perp-Neg); its noise comes from its own seeded generator, so
+    the training's random stream is untouched."""
     from torchvision.utils import save_image
 
     from pipeline.guidance_debug import strip
 
     g = torch.Generator().manual_seed(seed * 1_000_003 + done)
-    img = strip(guidance, render, guidance.embed([text]), guidance.embed([""]), cfg.guidance, g)
+    img = strip(guidance, render, cond, uncond, cfg.guidance, g)
     atomic_write(out / "previews" / f"guidance-step{done:06d}.png", lambda p: save_image(img, str(p), format="png"))
 
 
