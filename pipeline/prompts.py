@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import re
 import unicodedata
@@ -168,6 +169,33 @@ def prepare(src: str | Path, out: str | Path, wanted: list[str] | None = None, m
         "retrieval_set": [p.text for p in prompts],
     }
     atomic_write_json(out, doc)
+    return doc
+
+
+def read_prompts_json(path: str | Path) -> dict:
+    """The prepare stage's prompts.json, checked: a truncated, hand-edited or foreign file is a PromptFileError that
+    names it and the fix, not a traceback in the stage that reads it."""
+    path = Path(path)
+    fix = "delete it and run the workflow again (the prepare stage rewrites it from the prompt file)"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PromptFileError(f"{path}: not a readable prompts.json ({exc}); {fix}") from None
+    ok = (
+        isinstance(doc, dict)
+        and isinstance(doc.get("prompts"), list)
+        and all(
+            isinstance(p, dict) and isinstance(p.get("id"), str) and isinstance(p.get("text"), str)
+            for p in doc["prompts"]
+        )
+        and isinstance(doc.get("selected"), list)
+        and isinstance(doc.get("retrieval_set"), list)
+    )
+    if not ok:
+        raise PromptFileError(
+            f"{path}: not a prompts.json of this pipeline (needs 'prompts' with id and text, 'selected' and "
+            f"'retrieval_set'); {fix}"
+        )
     return doc
 
 

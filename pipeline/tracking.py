@@ -39,6 +39,7 @@ from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.io import atomic_write_json, current_umask, fsync_dir
 from pipeline.metrics import GEOMETRY
+from pipeline.prompts import read_prompts_json
 
 PARENT, CHILD = "variant", "object"
 LIVE_RECORD = "tracking.json"
@@ -329,7 +330,7 @@ def log_variant(client, cfg: Config, variant_dir: Path, texts: dict[str, str]) -
 
 def log_benchmark(variant_dirs: list[Path], prompts: Path, out: Path) -> dict[str, Any]:
     """The `track` rule: log every variant's records to MLflow in this one process; write {variant: run ids}."""
-    texts = {p["id"]: p["text"] for p in json.loads(prompts.read_text())["prompts"]}
+    texts = {p["id"]: p["text"] for p in read_prompts_json(prompts)["prompts"]}
     record: dict[str, Any] = {"variants": {}}
     cfgs = {d: load_config(d / "config.yaml") for d in variant_dirs}
     enabled = [d for d, c in cfgs.items() if c.tracking.enabled]

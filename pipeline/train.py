@@ -40,10 +40,11 @@ from pipeline.config import Config, scheduled
 from pipeline.config import load as load_config
 from pipeline.guidance import Guidance, build_guidance
 from pipeline.guidance.prompting import ViewPrompter
-from pipeline.io import atomic_write, atomic_write_json
+from pipeline.io import atomic_write, atomic_write_json, remove_stale_temps
 from pipeline.nerf.cameras import orbit_cameras, sample_cameras
 from pipeline.nerf.field import build_field
 from pipeline.nerf.renderer import Background, Shading, render, sample_shading
+from pipeline.prompts import PromptFileError, read_prompts_json
 from pipeline.sds import TimestepSchedule, sds
 
 
@@ -201,6 +202,10 @@ CHECKPOINT = "checkpoint.safetensors"
 scalars. Written by one atomic rename, so weights and step can never disagree after a kill."""
 
 
+class ModelFileError(ValueError):
+    """A model.safetensors that cannot be read back (truncated, foreign, or weights that do not fit its config)."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed (corrupt, from another run, out of range or non-finite)."""
 
@@ -343,13 +348,22 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mo
 
     from pipeline.config import from_dict
 
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata() or {}
-    if "config" not in meta:
-        raise ValueError(f"{path}: not a model written by pipeline.train (no config metadata)")
+    fix = "delete it and run the workflow again (its training job writes it anew)"
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a truncated or foreign file
+        raise ModelFileError(f"{path}: not a readable model ({type(exc).__name__}: {exc}); {fix}") from None
+    if "config" not in meta or "identity" not in meta:
+        raise ModelFileError(f"{path}: not a model written by pipeline.train (no config metadata); {fix}")
     cfg = from_dict(json.loads(meta["config"]), f"{path} (metadata)")
     model = Model(cfg)
-    model.load_state_dict(load_file(str(path)))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ModelFileError(f"{path}: weights do not fit its own config ({first}); {fix}") from None
     return model.to(device).eval(), cfg, json.loads(meta["identity"])
 
 
@@ -415,6 +429,8 @@ def train(
     torch.manual_seed(seed)
     ident = identity(cfg, prompt_id, text, seed)
     ckpt_dir = out / "checkpoint"
+    for folder in (out, ckpt_dir, out / "previews"):
+        remove_stale_temps(folder)  # left by a job killed mid-write; this job is the folder's only writer
     final_record = {**ident, "steps": cfg.train.steps, "code_digest": code_digest()}
     restored = restore_final(ckpt_dir, out, final_record)
     if restored is not None:
@@ -601,7 +617,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--world-bank", default=None, help="bank .safetensors for guidance.name=world")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
-    prompts = {p["id"]: p for p in json.loads(Path(args.prompts).read_text())["prompts"]}
+    try:
+        prompts = {p["id"]: p for p in read_prompts_json(args.prompts)["prompts"]}
+    except PromptFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.prompt_id not in prompts:
         raise SystemExit(f"error: {args.prompts}: no prompt with id {args.prompt_id!r}")
     try:
