@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_evaluation(args: argparse.Namespace) -> None:
     cfg = load_config(args.params)
     try:
-        doc = read_prompts_json(args.prompts)
+        doc = read_prompts_json(args.prompts, lists=("retrieval_set", "selected"))
     except PromptFileError as exc:
         raise EvaluationError(str(exc)) from None
     texts = {p["id"]: p["text"] for p in doc["prompts"]}

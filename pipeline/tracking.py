@@ -4,7 +4,8 @@ Design (why): MLflow's SQLite store runs its schema migrations the first time a 
 processes doing so at once leave it half-migrated for good, and SQLite with `fcntl` locks is unsafe on a cluster's
 shared filesystem. So no training, mesh, views or evaluation job ever opens the store. They write their records as
 files (`metrics.json`, `log.jsonl`, `previews/`, `mesh.*`, `turntable.*`, `sheet.png`, `rprecision.json`), and the
-`track` rule (a Snakemake *localrule*: one job, on the submitting machine, after the report) logs them with
+`track` rule (a Snakemake *localrule*: one job, on the submitting machine, before the report, whose object cards
+link to the runs) logs them with
 :func:`log_benchmark`. A failure there cannot touch a training result: the files stay, and a rerun only re-runs
 `track`. A new SQLite store is created in a temporary file and renamed into place, so a kill mid-creation leaves
 nothing behind; every write is also under a file lock, for two workflows sharing one store on one machine.
@@ -340,6 +341,7 @@ def log_benchmark(variant_dirs: list[Path], prompts: Path, out: Path) -> dict[st
             client, uri = client_for(cfg0)
             record["uri"] = uri
             record["experiment"] = cfg0.prompts.benchmark
+            record["experiment_id"] = _experiment(client, cfg0.prompts.benchmark)
             for d in enabled:
                 record["variants"][d.name] = log_variant(client, cfgs[d], d, texts)
     atomic_write_json(out, record)

@@ -301,7 +301,7 @@ def test_unreadable_model_is_one_line_naming_the_file(tmp_path, capsys, stage, c
     [
         ('{"prompts": [{"id": "p", "te', "not a readable prompts.json (Unterminated string"),
         ("", "not a readable prompts.json (Expecting value"),
-        ('{"prompts": [{"id": "p"}], "selected": [], "retrieval_set": []}', "not a prompts.json of this pipeline"),
+        ('{"prompts": [{"id": "p"}], "selected": []}', "not a prompts.json of this pipeline (needs"),
         ("[1, 2]", "not a prompts.json of this pipeline"),
         (b"\xff\xfe", "not a readable prompts.json ('utf-8' codec"),
     ],
