@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
@@ -75,6 +76,18 @@ class GuidanceConfig:
     """Debiased SDS: clamp (ε̂ − ε) elementwise to ±threshold (0 = off); a schedule makes it grow linearly."""
     view_suffix: bool = True
     """Append the view-dependent suffix (", front view", ...) to the prompt, as in the paper."""
+    negative_prompt: str = ""
+    """Unconditional text of CFG, which ε̂ steers away from (threestudio `negative_prompt`, stable-dreamfusion
+    `--negative`); empty = the usual "". With the closed-form world prior it must be one of the world's captions."""
+    negative_view_prompts: bool = False
+    """Janus counter-measure: add the opposite views to each view's negative text (front → "back view", side →
+    "front view, back view", back → "front view", overhead → "bottom view"; stable-dreamfusion `--negative_dir_text`).
+    Needs a prior with a text encoder (not the closed-form world prior)."""
+    perp_neg: bool = False
+    """Janus counter-measure: Perp-Neg (Armandpour et al. 2023; threestudio `use_perp_neg`): the positive embedding
+    interpolated by azimuth between the front/side/back prompts, the other views as negatives applied perpendicular
+    to the positive direction, with threestudio's weight curves (pipeline/guidance/prompting.py). Costs two more
+    U-Net passes per view; needs `view_suffix` and a prior with continuous embeddings (not the closed-form world)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Guidance model dtype; auto = fp16 on a GPU, fp32 on a CPU."""
     latent_resolution: int = field(default=512, metadata=_range(8))
@@ -379,97 +392,139 @@ def _from_string(tp: Any, value: str) -> Any:
     return value if isinstance(parsed, str) else parsed
 
 
-def _coerce(tp: Any, value: Any, key: str, src: str) -> Any:
-    """Return ``value`` checked against type ``tp``; raise ConfigError naming ``key`` otherwise."""
-    if isinstance(value, str):
-        value = _from_string(tp, value)
-    bad = ConfigError(f"{src}: {key} must be {_type_name(tp)}, got {value!r}")
-    origin = typing.get_origin(tp)
-    if tp is Scheduled:
-        if isinstance(value, list):
-            value = [_from_string(float, v) if isinstance(v, str) else v for v in value]
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return _finite(float(value), key, src)
-        if isinstance(value, list) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
-            for v in value:
-                _finite(float(v), key, src)
-            if value[3] < value[0]:
-                raise ConfigError(f"{src}: {key} schedule needs end_step >= start_step, got {value!r}")
-            return [float(v) for v in value]
-        raise bad
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise bad
+def _parse_strings(tp: Any) -> Any:
+    """A pydantic before-validator: strings (from `--config`) parsed as YAML would for a non-string field."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            value = _from_string(tp, value)
+        if tp is Scheduled and isinstance(value, list):
+            return [_from_string(float, v) if isinstance(v, str) else v for v in value]
         return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        (inner,) = typing.get_args(tp)
-        return [_coerce(inner, v, f"{key}[{i}]", src) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return _finite(float(value), key, src)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise TypeError(f"unsupported config type {tp}")
+
+    return parse
 
 
-def _finite(value: float, key: str, src: str) -> float:
-    if not math.isfinite(value):
-        raise ConfigError(f"{src}: {key} must be a finite number, got {value!r}")
+def _check_schedule(value: Any) -> Any:
+    from pydantic_core import PydanticCustomError
+
+    if isinstance(value, list):
+        if len(value) != 4:
+            raise PydanticCustomError("schedule_shape", "a schedule is [start_step, start_value, end_value, end_step]")
+        if value[3] < value[0]:
+            raise PydanticCustomError("schedule_order", "a schedule needs end_step >= start_step")
     return value
 
 
-def _check_range(meta: dict[str, Any], value: Any, key: str, src: str) -> None:
-    if not meta or not isinstance(value, (int, float)):
-        return
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
-        op = ">" if meta.get("lo_open") else ">="
-        raise ConfigError(f"{src}: {key} must be {op} {lo}, got {value!r}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{src}: {key} must be <= {hi}, got {value!r}")
+def _pydantic_type(tp: Any, meta: dict[str, Any] | None = None) -> Any:
+    """The pydantic type of one field: the declared type (strict: no bool for a number, no 1.5 for an integer, no
+    NaN/Inf), its documented range, and `--config` strings parsed first."""
+    from pydantic import AfterValidator, BeforeValidator, Field
+
+    meta = meta or {}
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        base: Any = _pydantic_model(tp)
+    elif tp is Scheduled:
+        base = Annotated[Union[float, list[float]], AfterValidator(_check_schedule)]
+    elif origin is list:
+        base = list[_pydantic_type(typing.get_args(tp)[0])]
+    elif origin is dict:
+        base = dict[str, Any]  # sweep / ablation: their entries are checked as variants (from_dict)
+    else:
+        base = tp
+    bounds: dict[str, Any] = {}
+    if meta.get("min") is not None:
+        bounds["gt" if meta.get("lo_open") else "ge"] = meta["min"]
+    if meta.get("max") is not None:
+        bounds["le"] = meta["max"]
+    parse = BeforeValidator(_parse_strings(dict if dataclasses.is_dataclass(tp) else tp))
+    return Annotated[base, parse, Field(**bounds)] if bounds else Annotated[base, parse]
 
 
-def _build(cls: type, data: Any, prefix: str, src: str) -> Any:
-    if isinstance(data, str):  # a whole section from `--config section={...}`
-        data = _from_string(dict, data)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{src}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}")
+@functools.cache
+def _pydantic_model(cls: type) -> Any:
+    """A pydantic model mirroring one config dataclass: unknown keys forbidden, strict types, finite numbers. Every
+    field defaults to None: only the keys given are validated and passed on (the dataclass supplies the defaults)."""
+    from pydantic import ConfigDict, create_model
+
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields), key=str)
-    if unknown:
-        raise ConfigError(
-            f"{src}: unknown key {prefix}{unknown[0]!s}{_did_you_mean(str(unknown[0]), fields, prefix)}; allowed keys "
-            f"under {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}"
-        )
+    fields = {f.name: (_pydantic_type(hints[f.name], dict(f.metadata)), None) for f in dataclasses.fields(cls)}
+    config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    return create_model(f"{cls.__name__}Model", __config__=config, **fields)
+
+
+def _to_dataclass(cls: type, model: Any) -> Any:
+    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for name, value in data.items():
-        tp, key = hints[name], prefix + name
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, key + ".", src)
-        else:
-            kwargs[name] = _coerce(tp, value, key, src)
-            _check_range(dict(fields[name].metadata), kwargs[name], key, src)
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        kwargs[name] = _to_dataclass(hints[name], value) if dataclasses.is_dataclass(hints[name]) else value
     return cls(**kwargs)
+
+
+def _locate(loc: tuple[Any, ...]) -> tuple[str, Any, type, str | None]:
+    """(dotted key, its declared type, the dataclass holding it, the unknown key if any) of a pydantic error."""
+    key, tp, owner = "", Config, Config
+    for part in loc:
+        if dataclasses.is_dataclass(tp) and isinstance(part, str):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return key, tp, tp, part
+            owner, tp, key = tp, hints[part], f"{key}.{part}" if key else part
+            if tp is Scheduled:
+                break
+        elif typing.get_origin(tp) is list and isinstance(part, int):
+            tp, key = typing.get_args(tp)[0], f"{key}[{part}]"
+        else:
+            break  # a union member's tag or a mapping's entry: the field itself is what failed
+    return key, tp, owner, None
+
+
+_SPECIFIC = ("extra_forbidden", "finite_number", "greater_than", "greater_than_equal", "less_than_equal")
+
+
+def _message(errors: list[dict[str, Any]], src: str) -> str:
+    """Our one-line, located message for the first failing key of a pydantic ValidationError."""
+    first = _locate(errors[0]["loc"])[0]
+    same = [e for e in errors if _locate(e["loc"])[0] == first]
+    err = next((e for e in same if e["type"] in _SPECIFIC or e["type"].startswith("schedule_")), same[0])
+    key, tp, owner, unknown = _locate(err["loc"])
+    value, kind, ctx = err["input"], err["type"], err.get("ctx") or {}
+    if unknown is not None:
+        names = [f.name for f in dataclasses.fields(owner)]
+        prefix = f"{key}." if key else ""
+        return (
+            f"{src}: unknown key {prefix}{unknown}{_did_you_mean(unknown, names, prefix)}; allowed keys under "
+            f"{key or 'the top level'}: {', '.join(names)}"
+        )
+    if isinstance(value, str) and tp is not str and kind != "literal_error":
+        value = _from_string(tp, value)
+    where = key or "the top level"
+    if kind == "finite_number":
+        bad = next((v for v in value if not math.isfinite(v)), value) if isinstance(value, list) else value
+        return f"{src}: {where} must be a finite number, got {bad!r}"
+    ops = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than_equal": ("<=", "le")}
+    if kind in ops:
+        op, name = ops[kind]
+        return f"{src}: {where} must be {op} {ctx[name]}, got {value!r}"
+    if kind == "schedule_order":
+        return f"{src}: {where} schedule needs end_step >= start_step, got {value!r}"
+    return f"{src}: {where} must be {'a mapping' if dataclasses.is_dataclass(tp) else _type_name(tp)}, got {value!r}"
+
+
+def _validate(data: Any, src: str) -> Config:
+    """params.yaml data → Config, validated by pydantic models mirroring the dataclasses; the first error becomes one
+    located line (key, expected type or range, the value given, did-you-mean for unknown keys)."""
+    from pydantic import ValidationError
+
+    if isinstance(data, str):
+        data = _from_string(dict, data)
+    try:
+        model = _pydantic_model(Config).model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors(), src)) from None
+    return _to_dataclass(Config, model)
 
 
 def _did_you_mean(key: str, choices: Any, prefix: str = "") -> str:
@@ -546,12 +601,23 @@ def _check_semantics(cfg: Config, src: str) -> None:
         )
     if not cfg.evaluate.clip_models:
         raise ConfigError(f"{src}: evaluate.clip_models must name at least one CLIP model")
+    g = cfg.guidance
+    if g.perp_neg and not g.view_suffix:
+        raise ConfigError(
+            f"{src}: guidance.perp_neg interpolates the view prompts, so it needs guidance.view_suffix: true"
+        )
+    if g.name == "world" and (g.perp_neg or g.negative_view_prompts):
+        key = "guidance.perp_neg" if g.perp_neg else "guidance.negative_view_prompts"
+        raise ConfigError(
+            f"{src}: {key} needs a prior with a text encoder (world-unet, stable-diffusion, deepfloyd-if); the "
+            "closed-form world prior knows only its 36 captions: use guidance.name: world-unet, or switch it off"
+        )
 
 
 def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
     """Validate ``data`` (a parsed params.yaml) and return the typed :class:`Config`."""
     data = {} if data is None else {k: v for k, v in data.items() if k != "preset"}
-    cfg = _build(Config, data, "", src)
+    cfg = _validate(data, src)
     _check_semantics(cfg, src)
     for key, values in cfg.sweep.items():
         if not isinstance(values, list) or not values:

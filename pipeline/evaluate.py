@@ -34,7 +34,7 @@ from pipeline.clip_loader import import_clip, preprocess
 from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.prompts import normalize
+from pipeline.prompts import PromptFileError, normalize, read_prompts_json
 
 MODES = {"color": "color", "geo": "textureless"}
 
@@ -300,7 +300,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_evaluation(args: argparse.Namespace) -> None:
     cfg = load_config(args.params)
-    doc = json.loads(Path(args.prompts).read_text())
+    try:
+        doc = read_prompts_json(args.prompts, lists=("retrieval_set", "selected"))
+    except PromptFileError as exc:
+        raise EvaluationError(str(exc)) from None
     texts = {p["id"]: p["text"] for p in doc["prompts"]}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     world = cfg.prompts.benchmark == "primitives"

@@ -189,9 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--views", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    from pipeline.train import ModelFileError
+
     try:
         result = score_object(Path(args.model), Path(args.mesh), Path(args.views))
-    except GeometryError as exc:
+    except (GeometryError, ModelFileError) as exc:
         raise SystemExit(f"error: {exc}") from None
     atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in METRICS}))

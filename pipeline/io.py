@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$")
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` leaves when its process is killed between writing and renaming
+    (SIGKILL, OOM killer, power loss); a checkpoint's can be 0.5 GB. Only for a folder this process alone writes
+    (a training job owns its object's folder). Returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if p.is_file() and _TEMP.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def current_umask() -> int:

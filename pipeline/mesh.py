@@ -169,10 +169,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
+    from pipeline.train import ModelFileError
+
     try:
         info = run(args.model, args.out_dir)
     except NonFiniteField as exc:
         raise SystemExit(f"error: {args.model}: {exc}") from None
+    except ModelFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(json.dumps(info))
 
 

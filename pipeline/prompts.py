@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import re
 import unicodedata
@@ -168,6 +169,30 @@ def prepare(src: str | Path, out: str | Path, wanted: list[str] | None = None, m
         "retrieval_set": [p.text for p in prompts],
     }
     atomic_write_json(out, doc)
+    return doc
+
+
+def read_prompts_json(path: str | Path, lists: tuple[str, ...] = ()) -> dict:
+    """The prepare stage's prompts.json, checked: 'prompts' (each with an id and a text) and the other `lists` the
+    caller uses ('selected', 'retrieval_set'). A truncated, hand-edited or foreign file is a PromptFileError that
+    names it and the fix, not a traceback in the stage that reads it."""
+    path = Path(path)
+    fix = "delete it and run the workflow again (the prepare stage rewrites it from the prompt file)"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PromptFileError(f"{path}: not a readable prompts.json ({exc}); {fix}") from None
+    entries = doc.get("prompts") if isinstance(doc, dict) else None
+    ok = (
+        isinstance(entries, list)
+        and all(
+            isinstance(p, dict) and isinstance(p.get("id"), str) and isinstance(p.get("text"), str) for p in entries
+        )
+        and all(isinstance(doc.get(k), list) for k in lists)
+    )
+    if not ok:
+        need = " and ".join(["'prompts' with id and text", *(f"'{k}'" for k in lists)])
+        raise PromptFileError(f"{path}: not a prompts.json of this pipeline (needs {need}); {fix}")
     return doc
 
 

@@ -69,8 +69,10 @@ def build(
     bootstrap: int = 2000,
     seed: int = 0,
     media: dict[str, list[Path]] | None = None,
+    runs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write every report file from {variant: rprecision.json contents}; return the DVC metrics."""
+    """Write every report file from {variant: rprecision.json contents}; return the DVC metrics. `runs` is the
+    `track` rule's mlflow.json (run ids), for the object cards' links to their MLflow runs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = list(evals)
     clips = list(next(iter(evals.values()))["models"]) if evals else []
@@ -206,7 +208,7 @@ def build(
     atomic_write_text(out_dir / "variants.csv", variants_csv(metrics, variants, evals))
     _plot(plot_rows, out_dir / "rprecision_vs_scale.png")
     gallery = _gallery(media or {}, out_dir / "gallery.png")
-    _html(out_dir, evals, gallery, media or {})
+    _html(out_dir, evals, gallery, media or {}, runs or {})
     return dvc
 
 
@@ -363,8 +365,23 @@ def _data_uri(path: Path, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _cards(variant: str, ev: dict[str, Any], files: list[Path]) -> str:
-    """One card per object: its turntable (MP4) and contact sheet embedded, its measured values and top captions."""
+MLFLOW_UI = "http://127.0.0.1:5000"
+"""Where `mlflow ui` serves a local store (the README's command); a tracking server's own address is used instead."""
+
+
+def mlflow_run_url(runs: dict[str, Any], variant: str, obj: str) -> str | None:
+    """The MLflow UI address of one object's run (`obj` = "<prompt id>/seed<n>") from the track rule's record."""
+    run = runs.get("variants", {}).get(variant, {}).get("objects", {}).get(obj)
+    exp, uri = runs.get("experiment_id"), str(runs.get("uri", ""))
+    if not run or exp is None:
+        return None
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else MLFLOW_UI
+    return f"{base}/#/experiments/{exp}/runs/{run}"
+
+
+def _cards(variant: str, ev: dict[str, Any], files: list[Path], runs: dict[str, Any]) -> str:
+    """One card per object: its turntable (MP4) and contact sheet embedded, its measured values, top captions and a
+    link to its MLflow run."""
     geo = {(o["prompt_id"], o["seed"]): o for o in ev.get("geometry", {}).get("objects", [])}
     clip = next(iter(ev["models"]), None)
     rows = {(o["prompt_id"], o["seed"], o["mode"]): o for o in ev["objects"] if o["clip"] == clip}
@@ -373,6 +390,7 @@ def _cards(variant: str, ev: dict[str, Any], files: list[Path]) -> str:
         by_object.setdefault((p.parents[1].name, int(p.parent.name.removeprefix("seed"))), {})[p.name] = p
     cards = []
     for (pid, seed), media in sorted(by_object.items()):
+        url = mlflow_run_url(runs, variant, f"{pid}/seed{seed}")
         color, geo_row, g = (
             rows.get((pid, seed, "color"), {}),
             rows.get((pid, seed, "geo"), {}),
@@ -399,14 +417,21 @@ def _cards(variant: str, ev: dict[str, Any], files: list[Path]) -> str:
             + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in values)
             + "</table>"
             + (f"<p class='small'>top captions: {html.escape(' · '.join(top))}</p>" if top else "")
-            + f"<p class='small'>results/…/{html.escape(variant)}/{html.escape(pid)}/seed{seed}/ · MLflow run tagged "
-            f"variant={html.escape(variant)}, prompt_id={html.escape(pid)}, seed={seed}</p>"
+            + f"<p class='small'>results/…/{html.escape(variant)}/{html.escape(pid)}/seed{seed}/ · {_run_link(url)}</p>"
             "</div>"
         )
     return "<div class='cards'>" + "".join(cards) + "</div>"
 
 
-def _html(out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, list[Path]]) -> None:
+def _run_link(url: str | None) -> str:
+    if url is None:
+        return "not tracked in MLflow (tracking.enabled: false)"
+    return f"<a class='mlflow' href='{html.escape(url)}'>MLflow run</a> (with `mlflow ui` running)"
+
+
+def _html(
+    out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, list[Path]], runs: dict[str, Any]
+) -> None:
     """index.html, self-contained (every image and video embedded, so it can be mailed or archived alone): our
     tables, the variant comparison, the plots, the gallery, one card per object, and last, apart, the paper's table
     as quoted."""
@@ -461,7 +486,7 @@ def _html(out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, 
     parts.append("<h2>Objects</h2>")
     for variant, files in media.items():
         if variant in evals:
-            parts.append(f"<h3>{html.escape(variant)}</h3>" + _cards(variant, evals[variant], files))
+            parts.append(f"<h3>{html.escape(variant)}</h3>" + _cards(variant, evals[variant], files, runs))
     if paper:
         parts.append("<div class='paper'>" + md_html(paper) + "</div>")
     atomic_write_text(out_dir / "index.html", "\n".join(parts) + "\n")
@@ -473,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ground-truth", default=None)
     ap.add_argument("--media", nargs="*", default=[], help="sheet.png / turntable.mp4 files (gallery, object cards)")
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--mlflow", default=None, help="the track rule's mlflow.json (run ids for the cards' links)")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     evals = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in args.evals}
@@ -480,7 +506,8 @@ def main(argv: list[str] | None = None) -> None:
     for p in map(Path, args.media):
         media.setdefault(p.parents[2].name, []).append(p)
     gt = json.loads(Path(args.ground_truth).read_text()) if args.ground_truth else None
-    metrics = build(evals, Path(args.out_dir), gt, args.bootstrap, media=media)
+    runs = json.loads(Path(args.mlflow).read_text()) if args.mlflow else None
+    metrics = build(evals, Path(args.out_dir), gt, args.bootstrap, media=media, runs=runs)
     print(json.dumps(metrics))
 
 

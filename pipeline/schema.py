@@ -1,7 +1,8 @@
 """JSON schema of params.yaml, generated from the dataclasses of pipeline/config.py (pydantic's TypeAdapter), with
 each key's documentation (the docstring under it), its range, and no unknown keys. For editors (e.g.
 `# yaml-language-server: $schema=schemas/params.schema.json`) and for `snakemake.utils.validate`, which the workflow
-runs on every resolved variant config. pipeline/config.py stays the validator that gives the located messages.
+runs on every resolved variant config. pipeline/config.py validates with pydantic models of the same dataclasses
+and turns their errors into located one-line messages.
 
     python -m pipeline.schema            # rewrite schemas/params.schema.json
     python -m pipeline.schema --check    # exit 1 if the committed schema is out of date

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from pipeline.config import GuidanceConfig, ScheduleConfig, scheduled
 from pipeline.guidance.base import Guidance
+from pipeline.guidance.prompting import perp_neg_combine
 
 
 def cfg_combine(eps_c: Tensor, eps_u: Tensor, scale: float, convention: str) -> Tensor:
@@ -147,15 +148,24 @@ def sds_from_x(
     noise: Tensor,
     cfg: GuidanceConfig,
     step: int = 0,
+    negatives: Tensor | None = None,
+    neg_weights: Tensor | None = None,
 ) -> SDSOutput:
-    """SDS on x [B, C, h, w] (already in the guidance model's space) at timesteps t [B] with noise ε [B, C, h, w]."""
+    """SDS on x [B, C, h, w] (already in the guidance model's space) at timesteps t [B] with noise ε [B, C, h, w].
+    With Perp-Neg `negatives` [B, K, ...] and `neg_weights` [B, K] (pipeline/guidance/prompting.py), ε̂ is Perp-Neg's
+    combination at the same guidance weight."""
     t = t.to(x.device)
     ab = guidance.alphas_cumprod.to(x.device)[t].float()
     a, s = ab.sqrt().view(-1, 1, 1, 1), (1 - ab).sqrt().view(-1, 1, 1, 1)
     with torch.no_grad():
         z_t = a * x.detach() + s * noise
-        eps_c, eps_u = guidance.predict_noise(z_t, t, cond, uncond)
-        eps_hat = cfg_combine(eps_c.float(), eps_u.float(), cfg.scale, cfg.convention)
+        if negatives is None:
+            eps_c, eps_u = guidance.predict_noise(z_t, t, cond, uncond)
+            eps_hat = cfg_combine(eps_c.float(), eps_u.float(), cfg.scale, cfg.convention)
+        else:
+            eps_c, eps_u, eps_neg = guidance.predict_noise_negatives(z_t, t, cond, uncond, negatives)
+            s_diffusers = cfg.scale + 1.0 if cfg.convention == "dreamfusion" else cfg.scale
+            eps_hat = perp_neg_combine(eps_u, eps_c, eps_neg, neg_weights.to(x.device), s_diffusers)
         score = eps_hat - noise
         score_norm = score.flatten(1).norm(dim=1)
         clip = scheduled(cfg.score_clip, step)
@@ -181,8 +191,10 @@ def sds(
     cfg: GuidanceConfig,
     step: int = 0,
     generator: torch.Generator | None = None,
+    negatives: Tensor | None = None,
+    neg_weights: Tensor | None = None,
 ) -> SDSOutput:
     """SDS for renders [B, 3, H, W] in [0, 1]: encode (pixels or VAE latent), draw ε, apply :func:`sds_from_x`."""
     x = guidance.encode(images)
     noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
-    return sds_from_x(guidance, x, cond, uncond, t, noise, cfg, step)
+    return sds_from_x(guidance, x, cond, uncond, t, noise, cfg, step, negatives, neg_weights)

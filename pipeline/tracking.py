@@ -4,7 +4,8 @@ Design (why): MLflow's SQLite store runs its schema migrations the first time a 
 processes doing so at once leave it half-migrated for good, and SQLite with `fcntl` locks is unsafe on a cluster's
 shared filesystem. So no training, mesh, views or evaluation job ever opens the store. They write their records as
 files (`metrics.json`, `log.jsonl`, `previews/`, `mesh.*`, `turntable.*`, `sheet.png`, `rprecision.json`), and the
-`track` rule (a Snakemake *localrule*: one job, on the submitting machine, after the report) logs them with
+`track` rule (a Snakemake *localrule*: one job, on the submitting machine, before the report, whose object cards
+link to the runs) logs them with
 :func:`log_benchmark`. A failure there cannot touch a training result: the files stay, and a rerun only re-runs
 `track`. A new SQLite store is created in a temporary file and renamed into place, so a kill mid-creation leaves
 nothing behind; every write is also under a file lock, for two workflows sharing one store on one machine.
@@ -39,6 +40,7 @@ from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.io import atomic_write_json, current_umask, fsync_dir
 from pipeline.metrics import GEOMETRY
+from pipeline.prompts import read_prompts_json
 
 PARENT, CHILD = "variant", "object"
 LIVE_RECORD = "tracking.json"
@@ -329,7 +331,7 @@ def log_variant(client, cfg: Config, variant_dir: Path, texts: dict[str, str]) -
 
 def log_benchmark(variant_dirs: list[Path], prompts: Path, out: Path) -> dict[str, Any]:
     """The `track` rule: log every variant's records to MLflow in this one process; write {variant: run ids}."""
-    texts = {p["id"]: p["text"] for p in json.loads(prompts.read_text())["prompts"]}
+    texts = {p["id"]: p["text"] for p in read_prompts_json(prompts)["prompts"]}
     record: dict[str, Any] = {"variants": {}}
     cfgs = {d: load_config(d / "config.yaml") for d in variant_dirs}
     enabled = [d for d, c in cfgs.items() if c.tracking.enabled]
@@ -339,6 +341,7 @@ def log_benchmark(variant_dirs: list[Path], prompts: Path, out: Path) -> dict[st
             client, uri = client_for(cfg0)
             record["uri"] = uri
             record["experiment"] = cfg0.prompts.benchmark
+            record["experiment_id"] = _experiment(client, cfg0.prompts.benchmark)
             for d in enabled:
                 record["variants"][d.name] = log_variant(client, cfgs[d], d, texts)
     atomic_write_json(out, record)

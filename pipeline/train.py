@@ -39,10 +39,12 @@ from tqdm import tqdm
 from pipeline.config import Config, scheduled
 from pipeline.config import load as load_config
 from pipeline.guidance import Guidance, build_guidance
-from pipeline.io import atomic_write, atomic_write_json
-from pipeline.nerf.cameras import VIEW_SUFFIXES, orbit_cameras, sample_cameras, with_suffix
+from pipeline.guidance.prompting import ViewPrompter
+from pipeline.io import atomic_write, atomic_write_json, remove_stale_temps
+from pipeline.nerf.cameras import orbit_cameras, sample_cameras
 from pipeline.nerf.field import build_field
 from pipeline.nerf.renderer import Background, Shading, render, sample_shading
+from pipeline.prompts import PromptFileError, read_prompts_json
 from pipeline.sds import TimestepSchedule, sds
 
 
@@ -200,6 +202,10 @@ CHECKPOINT = "checkpoint.safetensors"
 scalars. Written by one atomic rename, so weights and step can never disagree after a kill."""
 
 
+class ModelFileError(ValueError):
+    """A model.safetensors that cannot be read back (truncated, foreign, or weights that do not fit its config)."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed (corrupt, from another run, out of range or non-finite)."""
 
@@ -342,13 +348,22 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mo
 
     from pipeline.config import from_dict
 
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata() or {}
-    if "config" not in meta:
-        raise ValueError(f"{path}: not a model written by pipeline.train (no config metadata)")
+    fix = "delete it and run the workflow again (its training job writes it anew)"
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a truncated or foreign file
+        raise ModelFileError(f"{path}: not a readable model ({type(exc).__name__}: {exc}); {fix}") from None
+    if "config" not in meta or "identity" not in meta:
+        raise ModelFileError(f"{path}: not a model written by pipeline.train (no config metadata); {fix}")
     cfg = from_dict(json.loads(meta["config"]), f"{path} (metadata)")
     model = Model(cfg)
-    model.load_state_dict(load_file(str(path)))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ModelFileError(f"{path}: weights do not fit its own config ({first}); {fix}") from None
     return model.to(device).eval(), cfg, json.loads(meta["identity"])
 
 
@@ -414,6 +429,8 @@ def train(
     torch.manual_seed(seed)
     ident = identity(cfg, prompt_id, text, seed)
     ckpt_dir = out / "checkpoint"
+    for folder in (out, ckpt_dir, out / "previews"):
+        remove_stale_temps(folder)  # left by a job killed mid-write; this job is the folder's only writer
     final_record = {**ident, "steps": cfg.train.steps, "code_digest": code_digest()}
     restored = restore_final(ckpt_dir, out, final_record)
     if restored is not None:
@@ -433,9 +450,8 @@ def train(
     )
     start = load_checkpoint(ckpt_dir, model, opt, ident, cfg.train.steps)
     schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)
-    uncond = guidance.embed([""] * cfg.train.batch_views)
-    base = text.rstrip(".")
-    guidance.embed([f"{base}, {v}" for v in VIEW_SUFFIXES] if cfg.guidance.view_suffix else [text])
+    prompter = ViewPrompter(guidance, text, cfg.guidance)
+    guidance.embed(prompter.texts())
     guidance.release_text_encoder()  # every text this run needs is cached
     every_preview = cfg.train.preview_every or max(1, cfg.train.steps // 10)
     log_path = out / "log.jsonl"
@@ -479,12 +495,9 @@ def train(
                 need_normals=shading.needs_normals or orient_w > 0,
             )
             t1 = time.perf_counter()
-            texts = [
-                with_suffix(text, e, a) if cfg.guidance.view_suffix else text
-                for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(), strict=True)
-            ]
+            c = prompter(cams.elevation.tolist(), cams.azimuth.tolist())
             t = schedule(step, cfg.train.batch_views, g)
-            s = sds(guidance, res.rgb, guidance.embed(texts), uncond, t, cfg.guidance, step, g)
+            s = sds(guidance, res.rgb, c.cond, c.uncond, t, cfg.guidance, step, g, c.negatives, c.neg_weights)
             t2 = time.perf_counter()
             sds_term = s.loss / cfg.train.batch_views if cfg.train.sds_reduction == "mean" else s.loss
             opacity_pen = torch.sqrt(res.opacity**2 + 0.01).mean()
@@ -531,7 +544,7 @@ def train(
                 )
             debug_every = cfg.train.guidance_debug_every
             if debug_every and (done % debug_every == 0 or done == cfg.train.steps):
-                _guidance_strip(guidance, res.rgb[:1].detach(), texts[0], cfg, seed, done, out)
+                _guidance_strip(guidance, res.rgb[:1].detach(), c.cond[:1], c.uncond[:1], cfg, seed, done, out)
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
                 log.flush()
                 save_checkpoint(ckpt_dir, model, opt, done, ident)
@@ -571,15 +584,18 @@ def train(
     return metrics
 
 
-def _guidance_strip(guidance: Guidance, render: Tensor, text: str, cfg: Config, seed: int, done: int, out: Path):
-    """previews/guidance-step<N>.png: what the prior makes of this step's first view (pipeline/guidance_debug.py);
-    its noise comes from its own seeded generator, so the training's random stream is untouched."""
+def _guidance_strip(
+    guidance: Guidance, render: Tensor, cond: Tensor, uncond: Tensor, cfg: Config, seed: int, done: int, out: Path
+):
+    """previews/guidance-step<N>.png: what the prior makes of this step's first view (pipeline/guidance_debug.py),
+    under that view's embeddings (plain CFG, also with Perp-Neg); its noise comes from its own seeded generator, so
+    the training's random stream is untouched."""
     from torchvision.utils import save_image
 
     from pipeline.guidance_debug import strip
 
     g = torch.Generator().manual_seed(seed * 1_000_003 + done)
-    img = strip(guidance, render, guidance.embed([text]), guidance.embed([""]), cfg.guidance, g)
+    img = strip(guidance, render, cond, uncond, cfg.guidance, g)
     atomic_write(out / "previews" / f"guidance-step{done:06d}.png", lambda p: save_image(img, str(p), format="png"))
 
 
@@ -601,7 +617,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--world-bank", default=None, help="bank .safetensors for guidance.name=world")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
-    prompts = {p["id"]: p for p in json.loads(Path(args.prompts).read_text())["prompts"]}
+    try:
+        prompts = {p["id"]: p for p in read_prompts_json(args.prompts)["prompts"]}
+    except PromptFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.prompt_id not in prompts:
         raise SystemExit(f"error: {args.prompts}: no prompt with id {args.prompt_id!r}")
     try:

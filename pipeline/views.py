@@ -25,7 +25,7 @@ from pipeline.config import Config
 from pipeline.io import atomic_path, atomic_write, atomic_write_json
 from pipeline.nerf.cameras import Cameras, orbit_cameras, rays
 from pipeline.nerf.renderer import Shading, render_chunked
-from pipeline.train import Model, load_model
+from pipeline.train import Model, ModelFileError, load_model
 
 MODES = ("color", "textureless", "normal", "depth")
 
@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mesh", default=None)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
-    info = run(args.model, args.mesh, args.out_dir)
+    try:
+        info = run(args.model, args.mesh, args.out_dir)
+    except ModelFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(json.dumps(info))
 
 

@@ -45,6 +45,7 @@ rule report:
         evals=expand(f"{RESULTS}/{{variant}}/rprecision.json", variant=VARIANTS),
         gt=[f"{RESULTS}/ground_truth.json"] if IS_WORLD else [],
         media=[f for v in VARIANTS for f in objects(v, "sheet.png") + objects(v, "turntable.mp4")],
+        mlflow=f"{REPORT}/mlflow.json",
         code=code("pipeline.report"),
     output:
         table=report(f"{REPORT}/table.md", caption="../report/table.rst", category="Report"),
@@ -68,17 +69,16 @@ rule report:
         "../envs/dreamfusion.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.report --evals {input.evals:q} {params.gt:q} --media {input.media:q}"
-        " --bootstrap {params.bootstrap:q} --out-dir {params.out:q} > {log:q} 2>&1"
+        " --bootstrap {params.bootstrap:q} --mlflow {input.mlflow:q} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule track:
-    """Log every result file of the benchmark to MLflow, in one local process after the report (jobs never open the
-    store: see pipeline/tracking.py for why)."""
+    """Log every result file of the benchmark to MLflow, in one local process before the report, whose object cards
+    link to the runs (jobs never open the store: see pipeline/tracking.py for why)."""
     input:
         configs=expand(f"{RESULTS}/{{variant}}/config.yaml", variant=VARIANTS),
         prompts=f"{RESULTS}/prompts.json",
         evals=expand(f"{RESULTS}/{{variant}}/rprecision.json", variant=VARIANTS),
-        report=f"{REPORT}/index.html",
         media=[f for v in VARIANTS for f in objects(v, "mesh.glb") + objects(v, "views.json")],
         geometry=[f for v in VARIANTS for f in objects(v, "geometry.json")] if IS_WORLD else [],
         code=code("pipeline.tracking"),

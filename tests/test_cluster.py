@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,20 +15,20 @@ from tests.conftest import run_snakemake
 from tests.test_train import TINY
 
 
-def _tiny(workdir):
+def _tiny(workdir, **train):
     cfg = {
         **TINY,
         "prompts": {"select": ["a red cube"]},
-        "train": {**TINY["train"], "steps": 40, "checkpoint_every": 5},
+        "train": {**TINY["train"], "steps": 40, "checkpoint_every": 5, **train},
     }
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return workdir
 
 
-def _train_cli(workdir):
+def _train_cli(workdir, **train):
     """A tiny one-prompt variant configured by the workflow, and `python -m pipeline.train` for it: (work dir, prompt
     id, environment, command builder taking the output folder)."""
-    wd = _tiny(workdir)
+    wd = _tiny(workdir, **train)
     cfg = "results/primitives/world-w10-uniform/config.yaml"
     run_snakemake(wd, cfg, "results/primitives/prompts.json", "--configfile", "tiny.yaml")
     pid = json.loads((wd / "results/primitives/prompts.json").read_text())["selected"][0]
@@ -155,3 +156,48 @@ def test_ctrl_c_on_snakemake_keeps_the_training_done(workdir):
     assert len((obj / "log.jsonl").read_text().splitlines()) == step  # the step it reached, not an older one
     run_snakemake(wd, "--until", "train", "--configfile", "tiny.yaml")
     assert json.loads((obj / "metrics.json").read_text())["resumed_from"] == step
+
+
+def test_twenty_random_sigkills_all_resume_to_the_same_weights(workdir):
+    """Issue #19's bar: 20 SIGKILLs at random points (start-up, any step, inside a checkpoint write — one every step
+    here —, the final writes) and each restart resumes; the end result is bit-identical to an uninterrupted run, its
+    log the same step for step, and no temp file of a killed write is left behind."""
+    import random
+
+    import torch
+
+    wd, pid, env, cmd = _train_cli(workdir, steps=80, checkpoint_every=1)
+    full = wd / "full" / pid / "seed0"
+    t0 = time.time()
+    subprocess.run(cmd(full), cwd=wd, env=env, check=True, capture_output=True)
+    wall = time.time() - t0
+    cut = wd / "cut" / pid / "seed0"
+    rng = random.Random(19)
+    kills, log = 0, cut / "log.jsonl"
+    while kills < 20:
+        lines = len(log.read_text().splitlines()) if log.exists() else 0
+        proc = subprocess.Popen(cmd(cut), cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if kills % 4 == 0:  # anywhere, start-up included
+            time.sleep(rng.uniform(0, wall))
+        else:  # inside the loop: after 1-3 more logged steps, at a random moment of the next
+            want, deadline = lines + rng.randint(1, 3), time.time() + 120
+            while proc.poll() is None and (not log.exists() or len(log.read_text().splitlines()) < want):
+                assert time.time() < deadline
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.05))
+        if proc.poll() is not None:  # finished before the kill landed: start over so every kill hits a live run
+            assert proc.returncode == 0
+            shutil.rmtree(wd / "cut")
+            continue
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    subprocess.run(cmd(cut), cwd=wd, env=env, check=True, capture_output=True)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def steps(path):
+        return [{k: v for k, v in json.loads(ln).items() if "time" not in k} for ln in path.read_text().splitlines()]
+
+    assert steps(cut / "log.jsonl") == steps(full / "log.jsonl")
+    assert not [p for p in cut.rglob(".*") if ".tmp" in p.name]

@@ -22,6 +22,7 @@ window.addEventListener('load', () => setTimeout(() => {
     images: imgs.length, loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
     videos: vids.length, playable: vids.filter(v => v.readyState >= 2 && v.videoWidth > 0).length,
     cards: document.querySelectorAll('.card').length,
+    mlflow: [...document.querySelectorAll('a.mlflow')].map(a => a.getAttribute('href')),
     headings: [...document.querySelectorAll('h2,h3')].map(h => h.textContent)});
   document.body.appendChild(r);
 }, 1500));
@@ -47,10 +48,14 @@ def test_report_opens_in_a_headless_browser(tmp_path):
             o["prompt_id"] = f"a-red-cube-{int(o['prompt_id'][1:]):08x}"
     gt = {"models": {"m.pt": {m: {"r_precision": 0.97} for m in ("color", "geo", "geo_shape")}}}
     out = tmp_path / "report"
-    build(evals, out, gt, bootstrap=200, media=media)
+    runs = {"uri": "sqlite:///mlflow.db", "experiment_id": "3", "variants": {"v10": {"objects": {}}}}
+    runs["variants"]["v10"]["objects"]["a-red-cube-00000000/seed0"] = "0f1e"  # one object tracked, one not
+    build(evals, out, gt, bootstrap=200, media=media, runs=runs)
     shutil.rmtree(tmp_path / "res")  # self-contained: the page must not need the results folder
     page = (out / "index.html").read_text()
-    assert not re.findall(r"(?:src|href)='(?!data:)", page)
+    assert not re.findall(r"src='(?!data:)", page)
+    assert re.findall(r"href='([^']*)'", page) == ["http://127.0.0.1:5000/#/experiments/3/runs/0f1e"]
+    assert page.count("not tracked in MLflow") == 3
     (tmp_path / "check.html").write_text(page.replace("</body>", "") + CHECK)
     dom = subprocess.run(
         [
@@ -72,6 +77,7 @@ def test_report_opens_in_a_headless_browser(tmp_path):
     assert seen["images"] == seen["loaded"] == 1 + 1 + 4  # plot, gallery, one sheet per object card
     assert seen["videos"] == seen["playable"] == 4
     assert seen["cards"] == 4
+    assert seen["mlflow"] == ["http://127.0.0.1:5000/#/experiments/3/runs/0f1e"]
     heads = seen["headings"]
     assert heads.index("Our results (measured here)") < heads.index("Objects")
     assert any(h.startswith("DreamFusion Table 1 (quoted from the paper") for h in heads)

@@ -245,3 +245,127 @@ def test_nan_field_is_a_mesh_error_not_an_empty_success(tmp_path):
         model.field.grid[0, 0, 2, 2, 2] = float("nan")
     with pytest.raises(NonFiniteField, match="densities are NaN/Inf: the model is corrupt"):
         extract(model.field, 16, 1.0, torch.device("cpu"))
+
+
+def _saved_model(tmp_path):
+    from pipeline.train import Model, identity, save_model
+
+    cfg = from_dict({**TINY, "nerf": {"kind": "grid", "resolution": 12}})
+    path = tmp_path / "obj" / "model.safetensors"
+    save_model(path, Model(cfg), cfg, identity(cfg, "p", "a red cube.", 0))
+    return path
+
+
+@pytest.mark.parametrize("cut", ["empty", "truncated", "foreign", "wrong-shapes"])
+@pytest.mark.parametrize("stage", ["mesh", "views", "geometry"])
+def test_unreadable_model_is_one_line_naming_the_file(tmp_path, capsys, stage, cut):
+    """Finding 7: a truncated or foreign model.safetensors was a bare traceback in every stage that reads it."""
+    import importlib
+
+    from safetensors.torch import load_file, save_file
+
+    path = _saved_model(tmp_path)
+    data = path.read_bytes()
+    if cut == "empty":
+        path.write_bytes(b"")
+    elif cut == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif cut == "foreign":
+        save_file({"w": torch.zeros(3)}, str(path))
+    else:  # our metadata, weights of another shape
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata()
+        save_file({k: v[..., :1].contiguous() for k, v in load_file(str(path)).items()}, str(path), metadata=meta)
+    argv = {
+        "mesh": ["--model", str(path), "--out-dir", str(tmp_path / "m")],
+        "views": ["--model", str(path), "--out-dir", str(tmp_path / "v")],
+        "geometry": ["--model", str(path), "--mesh", "x.ply", "--views", "x.npz", "--out", str(tmp_path / "g.json")],
+    }[stage]
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(f"pipeline.{stage}").main(argv)
+    msg = str(exc.value.code)
+    expected = {
+        "empty": "not a readable model",
+        "truncated": "not a readable model",
+        "foreign": "not a model written by pipeline.train",
+        "wrong-shapes": "weights do not fit its own config",
+    }[cut]
+    assert msg.startswith(f"error: {path}: {expected}") and "\n" not in msg, msg
+    assert msg.endswith("delete it and run the workflow again (its training job writes it anew)")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('{"prompts": [{"id": "p", "te', "not a readable prompts.json (Unterminated string"),
+        ("", "not a readable prompts.json (Expecting value"),
+        ('{"prompts": [{"id": "p"}], "selected": []}', "not a prompts.json of this pipeline (needs"),
+        ("[1, 2]", "not a prompts.json of this pipeline"),
+        (b"\xff\xfe", "not a readable prompts.json ('utf-8' codec"),
+    ],
+)
+def test_unreadable_prompts_json_is_one_line_in_train_and_evaluate(tmp_path, content, needle):
+    from pipeline import evaluate
+    from pipeline import train as train_mod
+    from pipeline.config import save_resolved
+
+    pj = tmp_path / "prompts.json"
+    pj.write_bytes(content if isinstance(content, bytes) else content.encode())
+    save_resolved(from_dict(TINY), tmp_path / "config.yaml")
+    runs = [
+        lambda: train_mod.main(["--params", str(tmp_path / "config.yaml"), "--prompts", str(pj), "--prompt-id", "p",
+                                "--seed", "0", "--out", str(tmp_path / "o")]),
+        lambda: evaluate.main(["--params", str(tmp_path / "config.yaml"), "--prompts", str(pj), "--views",
+                               str(tmp_path / "v.npz"), "--out", str(tmp_path / "r.json")]),
+    ]  # fmt: skip
+    for run in runs:
+        with pytest.raises(SystemExit) as exc:
+            run()
+        msg = str(exc.value.code)
+        assert msg.startswith(f"error: {pj}: {needle}") and "\n" not in msg, msg
+        assert "prepare stage rewrites it" in msg
+
+
+def test_edited_world_bank_is_refused(tmp_path):
+    """Finding 7: a bank with inverted images under the right settings was accepted and trained on."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.guidance import GuidanceLoadError
+    from pipeline.world.prior import generate_bank, load_bank, save_bank
+
+    cfg = from_dict(TINY)
+    path = tmp_path / "bank.safetensors"
+    save_bank(generate_bank(cfg), path, cfg)
+    assert torch.equal(load_bank(path, cfg)["images"], generate_bank(cfg)["images"])
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(path))
+    inverted = {**tensors, "images": 255 - tensors["images"]}
+    save_file(inverted, str(path), metadata=meta)
+    with pytest.raises(GuidanceLoadError, match=r"bank.safetensors: world bank content does not match the checksum"):
+        load_bank(path, cfg)
+    save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if k != "sha256"})  # an older version's
+    with pytest.raises(GuidanceLoadError, match="built by an older version\\); delete it and rebuild"):
+        load_bank(path, cfg)
+
+
+def test_temp_files_of_a_killed_writer_are_removed_when_training_starts(tmp_path):
+    import tempfile
+
+    from pipeline.io import remove_stale_temps
+
+    (tmp_path / "checkpoint").mkdir(parents=True)
+    stale = [
+        tempfile.mkstemp(prefix=".checkpoint.safetensors.", suffix=".tmp.safetensors", dir=tmp_path / "checkpoint"),
+        tempfile.mkstemp(prefix=".log.jsonl.", suffix=".tmp.jsonl", dir=tmp_path),
+    ]
+    keep = [tmp_path / "log.jsonl", tmp_path / ".write-test-other", tmp_path / "checkpoint" / "final.json"]
+    for p in keep:
+        p.write_text("{}")
+    train(from_dict({**TINY, "train": {**TINY["train"], "steps": 2}}), "p", "a red cube.", 0, tmp_path)
+    assert not any(os.path.exists(p) for _, p in stale)
+    assert (tmp_path / ".write-test-other").exists()
+    assert remove_stale_temps(tmp_path / "nowhere") == []

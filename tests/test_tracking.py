@@ -88,6 +88,16 @@ def test_records_are_logged_with_params_and_history(tmp_path, monkeypatch):
     assert run.data.tags["results_dir"] == str((vdir / "p0/seed0").resolve())
     assert run.data.tags["prompt"] == "prompt 0"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "object")} == {"object/sheet.png"}
+    # what the report's object cards link to: the MLflow UI page of exactly this run
+    from pipeline.report import mlflow_run_url
+
+    assert rec["experiment_id"] == client.get_experiment_by_name("primitives").experiment_id
+    url = mlflow_run_url(rec, "world-w10-uniform", "p0/seed0")
+    assert url == f"http://127.0.0.1:5000/#/experiments/{rec['experiment_id']}/runs/{run.info.run_id}"
+    assert mlflow_run_url({**rec, "uri": "https://mlflow.lab:8443/"}, "world-w10-uniform", "p0/seed0").startswith(
+        "https://mlflow.lab:8443/#/experiments/"
+    )
+    assert mlflow_run_url(rec, "world-w10-uniform", "p9/seed0") is None
     # running again replaces the records instead of duplicating them
     tracking.log_benchmark([vdir], tmp_path / "results/primitives/prompts.json", tmp_path / "mlflow.json")
     exp = client.get_experiment_by_name("primitives")

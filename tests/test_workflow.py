@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,9 @@ def test_full_tiny_run_with_mlflow(workdir):
         assert {"object/turntable.mp4", "object/mesh.glb"} <= arts
     for p in parents:
         assert "rprecision.tiny-clip.color" in p.data.metrics
+    # each object card of the report links to exactly its MLflow run
+    links = re.findall(r"href='http://127.0.0.1:5000/#/experiments/(\w+)/runs/(\w+)'", page)
+    assert sorted(links) == sorted((exp.experiment_id, c.info.run_id) for c in children)
 
     # Snakemake's own report: a Results section with the captioned outputs
     run_snakemake(wd, "--report", "snakemake-report.html", "--configfile", "tiny.yaml")
@@ -111,8 +115,8 @@ def test_full_tiny_run_with_mlflow(workdir):
         "track",
     }
     sds.write_text(original)
-    report.write_text(report.read_text() + "\n# an edit\n")
-    assert _scheduled(run_snakemake(wd, "--configfile", "tiny.yaml", "-n").stdout) == {"report", "track", "all"}
+    report.write_text(report.read_text() + "\n# an edit\n")  # track runs before the report: only it re-runs
+    assert _scheduled(run_snakemake(wd, "--configfile", "tiny.yaml", "-n").stdout) == {"report", "all"}
     # nested --config overrides arrive as strings and are coerced
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", 'train={"lr": 0.05}', "-n").stdout
     assert "train" in _scheduled(dry)

@@ -67,6 +67,15 @@ class Guidance(ABC):
         Implementations run conditional and unconditional passes as one batch and never record gradients.
         """
 
+    def predict_noise_negatives(
+        self, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, negatives: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(ε_c, ε_u, ε_neg) with ε_neg [B, K, C, h, w] for negative embeddings [B, K, ...] (Perp-Neg). This default
+        calls :meth:`predict_noise` once per negative; batched priors override it with one call."""
+        eps_c, eps_u = self.predict_noise(z_t, t, cond, uncond)
+        eps_neg = [self.predict_noise(z_t, t, negatives[:, k], uncond)[0] for k in range(negatives.shape[1])]
+        return eps_c, eps_u, torch.stack(eps_neg, 1)
+
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """Resolve `guidance.dtype`: auto is fp16 on CUDA and fp32 on a CPU."""

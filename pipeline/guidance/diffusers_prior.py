@@ -77,17 +77,34 @@ class DiffusersGuidance(Guidance):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _eps(self, z: Tensor, tt: Tensor, emb: Tensor, channels: int) -> Tensor:
+        """ε for a batch of noisy inputs, timesteps and embeddings (float32); v-prediction models converted."""
+        out = self.unet(z.to(self.dtype), tt.to(self.device), encoder_hidden_states=emb.to(self.dtype)).sample
+        out = out[:, :channels].float()
+        if self.prediction_type == "v_prediction":  # ε = α_t v + σ_t z_t
+            ab = self.alphas_cumprod[tt.to(self.device)].view(-1, 1, 1, 1)
+            out = ab.sqrt() * out + (1 - ab).sqrt() * z.to(self.dtype).float()
+        return out
+
     @torch.no_grad()
     def predict_noise(self, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
-        z = torch.cat([z_t, z_t]).to(self.dtype)
-        tt = torch.cat([t, t]).to(self.device)
-        emb = torch.cat([cond, uncond]).to(self.dtype)
-        out = self.unet(z, tt, encoder_hidden_states=emb).sample[:, : z_t.shape[1]].float()
-        if self.prediction_type == "v_prediction":  # ε = α_t v + σ_t z_t
-            ab = self.alphas_cumprod[tt].view(-1, 1, 1, 1)
-            out = ab.sqrt() * out + (1 - ab).sqrt() * z.float()
+        out = self._eps(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, uncond]), z_t.shape[1])
         eps_c, eps_u = out.chunk(2)
         return eps_c, eps_u
+
+    @torch.no_grad()
+    def predict_noise_negatives(
+        self, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, negatives: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One U-Net batch of (2 + K)·B: conditional, unconditional and the K negatives of each view."""
+        b, k = negatives.shape[:2]
+        out = self._eps(
+            torch.cat([z_t, z_t, z_t.repeat_interleave(k, 0)]),
+            torch.cat([t, t, t.repeat_interleave(k, 0)]),
+            torch.cat([cond, uncond, negatives.flatten(0, 1)]),
+            z_t.shape[1],
+        )
+        return out[:b], out[b : 2 * b], out[2 * b :].view(b, k, *out.shape[1:])
 
 
 class PixelDiffusersGuidance(DiffusersGuidance):

@@ -91,8 +91,22 @@ def generate_bank(cfg: Config, seed: int | None = None, modes: tuple[str, ...] =
     }
 
 
+def bank_checksum(bank: dict[str, Tensor]) -> str:
+    """sha256 of the bank's tensors (images, captions, views, modes): a file edited or corrupted after it was built
+    (e.g. inverted images under the right settings) no longer matches the checksum it was saved with."""
+    h = hashlib.sha256()
+    for key in sorted(bank):
+        h.update(key.encode())
+        h.update(bank[key].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_bank(bank: dict[str, Tensor], path: str | Path, cfg: Config) -> None:
-    meta = {"settings": json.dumps(bank_settings(cfg), sort_keys=True), "captions": json.dumps(CAPTIONS)}
+    meta = {
+        "settings": json.dumps(bank_settings(cfg), sort_keys=True),
+        "captions": json.dumps(CAPTIONS),
+        "sha256": bank_checksum(bank),
+    }
     atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in bank.items()}, str(p), metadata=meta))
 
 
@@ -107,12 +121,17 @@ def load_bank(path: str | Path, cfg: Config) -> dict[str, Tensor]:
 
     try:
         with safe_open(str(path), "pt") as fh:
-            settings = (fh.metadata() or {}).get("settings")
+            meta = fh.metadata() or {}
         bank = load_file(str(path))
     except Exception as exc:
         raise GuidanceLoadError(f"{path}: unreadable world bank ({exc}); delete it and rebuild") from None
-    if settings != json.dumps(bank_settings(cfg), sort_keys=True):
+    if meta.get("settings") != json.dumps(bank_settings(cfg), sort_keys=True):
         raise GuidanceLoadError(f"{path}: world bank was built with other settings than this config; rebuild it")
+    if meta.get("sha256") != bank_checksum(bank):
+        raise GuidanceLoadError(
+            f"{path}: world bank content does not match the checksum it was built with (edited or corrupted since, or "
+            "built by an older version); delete it and rebuild (`snakemake world_bank`)"
+        )
     return bank
 
 
