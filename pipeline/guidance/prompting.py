@@ -105,7 +105,7 @@ class ViewPrompter:
                 "deepfloyd-if); the closed-form world prior's are caption indices"
             )
 
-    def positive(self, view: str) -> str:
+    def positive(self, view: str | None) -> str:
         return f"{self.base}, {view}" if self.cfg.view_suffix else self.text
 
     def negative(self, view: str | None) -> str:
@@ -117,15 +117,14 @@ class ViewPrompter:
     def texts(self) -> list[str]:
         """Every text a run can ask for (embedded once, before the text encoder is released)."""
         views = list(VIEW_SUFFIXES) if self.cfg.view_suffix else [None]
-        pos = [self.positive(v) for v in views] if self.cfg.view_suffix else [self.text]
-        return list(dict.fromkeys([*pos, *(self.negative(v) for v in views)]))
+        return list(dict.fromkeys([*map(self.positive, views), *map(self.negative, views)]))
 
     def __call__(self, elevation: list[float], azimuth: list[float]) -> Conditioning:
         views = [view_suffix(e, a) if self.cfg.view_suffix else None for e, a in zip(elevation, azimuth, strict=True)]
         g = self.guidance
         uncond = g.embed([self.negative(v) for v in views])
         if not self.cfg.perp_neg:
-            cond = g.embed([self.positive(v) if v else self.text for v in views])
+            cond = g.embed([self.positive(v) for v in views])
             return Conditioning(cond, uncond)
         front, side, back = (g.embed([self.positive(v)])[0] for v in ("front view", "side view", "back view"))
         conds, negs, weights = [], [], []
