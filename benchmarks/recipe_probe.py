@@ -1,7 +1,9 @@
-"""Quick recipe probe on the bundled world: train prompts with config overrides, print 3D IoU and fog per object.
+"""Quick recipe probe on the bundled world: train prompts with config overrides, print per object the 3D IoU and fog
+(pipeline.geometry) and the colour R-precision and shape hit of the evaluation views (pipeline.evaluate, the
+config's CLIP, the 36 captions of the world).
 
-A development tool for choosing recipe defaults before running the ablation preset through the workflow (which
-adds meshes, Chamfer, normals, silhouettes and R-precision). Same training code, same bank, same seeds.
+A development tool for choosing recipe defaults before running a preset through the workflow (which adds meshes,
+Chamfer, normals, silhouettes, paired CIs). Same training, views and evaluation code, same bank, same seeds.
 
     python benchmarks/recipe_probe.py --set train.opacity_weight=0.01 --set nerf.field=pyramid [--jobs 2]
 """
@@ -43,7 +45,7 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     from pipeline.guidance import build_guidance
     from pipeline.mesh import default_threshold, density_grid
     from pipeline.train import train
-    from pipeline.world.scenes import parse_caption, sdf
+    from pipeline.world.scenes import CAPTIONS, parse_caption, sdf
 
     cfg = cfgmod.from_dict(data)
     tree = Path(__file__).resolve().parents[1].name
@@ -59,11 +61,24 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)
     shape = parse_caption(text)[1]
     scores = volume_scores(sigma, sdf(shape, grid_points(cfg.nerf.bound)), cfg.mesh.threshold or default_threshold(cfg))
+    from pipeline.evaluate import MODES, ClipScorer, evaluate
+    from pipeline.nerf.cameras import orbit_cameras
+    from pipeline.views import eval_azimuths, render_views
+
+    cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths))
+    with torch.no_grad():
+        views = render_views(model, cfg, cams, cfg.views.resolution, cfg.views.samples)
+    obj = {"prompt_id": "probe", "seed": seed, "text": text, "views": {m: views[k] for m, k in MODES.items()}}
+    scorers = [ClipScorer(cfg.evaluate.clip_models[0], torch.device("cpu"))]
+    result = evaluate([obj], CAPTIONS, scorers, cfg.evaluate.combine, world=True)
+    colour, geo = result["objects"]
+    scores.update(colour=colour["score"], shape_hit=geo["shape_score"])
     return {"prompt": text, "seed": seed, **scores, "seconds": round(time.time() - t0, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="a preset merged over params.yaml as `--configfile` does (e.g. configs/x.yaml)")
     ap.add_argument("--set", action="append", default=[], help="dotted.key=value (YAML value)")
     ap.add_argument("--prompts", nargs="*", default=None, help="captions (default: params.yaml's selection)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
@@ -71,6 +86,10 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(__file__).resolve().parents[1]
     data = yaml.safe_load((root / "params.yaml").read_text())
+    if args.config:
+        from snakemake.utils import update_config
+
+        update_config(data, yaml.safe_load(Path(args.config).read_text()))
     for item in args.set:
         key, value = item.split("=", 1)
         _set(data, key, value)
@@ -87,8 +106,11 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(_one, jobs))
     for r in rows:
-        print(f"{r['prompt']:<22} seed {r['seed']}  iou {r['iou']:.3f}  fog {r['fog']:.3f}  ({r['seconds']} s)")
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("iou", "fog")}
+        print(
+            f"{r['prompt']:<22} seed {r['seed']}  iou {r['iou']:.3f}  fog {r['fog']:.3f}  "
+            f"colour {r['colour']:.3f}  shape {r['shape_hit']:.3f}  ({r['seconds']} s)"
+        )
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("iou", "fog", "colour", "shape_hit")}
     print(json.dumps({"set": args.set, "digest": cfg.digest(), **{k: round(v, 4) for k, v in mean.items()}}))
 
 

@@ -170,6 +170,10 @@ class FieldConfig:
     """Blob strength λ_τ (paper 5; Magic3D linear 10)."""
     blob_radius: float = field(default=0.5, metadata=_range(0.0, lo_open=True))
     """Blob width σ_τ (paper 0.2; Magic3D linear 0.5)."""
+    blob_cap: float = field(default=0.0, metadata=_range(0.0))
+    """Upper bound on the blob's pre-activation density (0 = none). A linear blob steep enough to keep surfaces dense
+    (λ 40) is also +40 at the centre, more than a few hundred steps can remove: a torus keeps its hole filled. A cap
+    keeps the steep edge and the negative tail and leaves an interior the SDS gradient can carve."""
 
 
 @dataclass
@@ -334,6 +338,10 @@ class Config:
     """Name of this experiment (a sweep or a comparison): its report goes to reports/<study>/, so the sweeps of one
     benchmark keep separate reports while sharing the objects they have in common (a variant's results folder is
     results/<benchmark>/<variant>/). Empty = the benchmark name. Not part of a variant's resolved config."""
+    tag: str = ""
+    """Suffix of every variant name of this run (results/<benchmark>/<variant>-<tag>/), for presets that pin settings
+    other than params.yaml's (e.g. a published sweep pinned to the recipe it was measured with): their objects must
+    never share a folder with a default run's. Empty = none. Not part of the digest."""
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     """Grid of dotted keys to value lists, e.g. {guidance.scale: [10, 30]}; every combination is a variant."""
     ablation: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -350,6 +358,7 @@ class Config:
         d.pop("sweep")
         d.pop("ablation")
         d.pop("study")
+        d.pop("tag")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -569,6 +578,11 @@ def _check_semantics(cfg: Config, src: str) -> None:
             f"{src}: study must be a plain folder name (letters, digits, '.', '_', '-'; it names reports/<study>/), "
             f"got {cfg.study!r}"
         )
+    if cfg.tag and (not SAFE_NAME.fullmatch(cfg.tag) or ".." in cfg.tag):
+        raise ConfigError(
+            f"{src}: tag must be a plain name (letters, digits, '.', '_', '-'; it ends every variant's folder name), "
+            f"got {cfg.tag!r}"
+        )
     if not SAFE_NAME.fullmatch(cfg.prompts.benchmark) or ".." in cfg.prompts.benchmark:
         raise ConfigError(
             f"{src}: prompts.benchmark must be a plain file name (letters, digits, '.', '_', '-'; it names "
@@ -622,7 +636,7 @@ def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
     for key, values in cfg.sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{src}: sweep.{key} must be a non-empty list of values, got {values!r}")
-        if key in ("sweep", "seeds", "study", "ablation") or key.startswith("prompts."):
+        if key in ("sweep", "seeds", "study", "tag", "ablation") or key.startswith("prompts."):
             raise ConfigError(f"{src}: sweep.{key} cannot be swept (use seeds / prompts directly)")
         for v in values:
             variant = _set_dotted(cfg.to_dict(), key, v, src)
@@ -690,7 +704,7 @@ def variant_name(cfg: Config, swept: dict[str, Any]) -> str:
     for key, v in swept.items():
         if key not in ("guidance.name", "guidance.scale", "schedule.name"):
             name += f"-{key.split('.')[-1].replace('_', '')}{_fmt(v)}"
-    return name
+    return f"{name}-{cfg.tag}" if cfg.tag else name
 
 
 def variants(cfg: Config) -> dict[str, Config]:

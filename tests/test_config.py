@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import yaml
 
@@ -112,6 +114,56 @@ def test_presets_are_valid(preset):
 
     for variant in cfgmod.variants(from_dict(merge(base, over), str(preset))).values():
         validate(variant.to_dict(), str(ROOT / "schemas/params.schema.json"))  # what the workflow checks too
+
+
+def _merge(a: dict, b: dict) -> dict:
+    from snakemake.utils import update_config
+
+    update_config(a, b)  # what --configfile does
+    return a
+
+
+def test_no_two_presets_share_a_results_folder_with_different_settings():
+    """A variant's folder (results/<benchmark>/<variant>/) holds objects of one setting: a preset that pins anything
+    params.yaml does not (a published sweep pinned to its recipe, the smoke run, the rehearsal) must name its
+    variants apart (`tag`), or running it after the default would retrain the default's objects in place."""
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+    runs = [("params.yaml", {})] + [
+        (p.name, yaml.safe_load(p.read_text())) for p in sorted((ROOT / "configs").glob("*.yaml"))
+    ]
+    for src, over in runs:
+        cfg = from_dict(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over), src)
+        for name, variant in cfgmod.variants(cfg).items():
+            d = variant.to_dict()
+            for key in ("prompts", "seeds", "sweep", "ablation", "study", "tag", "tracking"):
+                d.pop(key)  # prompts and seeds are sub-folders; the rest does not change an object
+            key, setting = (cfg.prompts.benchmark, name), json.dumps(d, sort_keys=True)
+            other = seen.setdefault(key, (src, setting))
+            assert other[1] == setting, f"{src} and {other[0]} both write results/{key[0]}/{name}/ with other settings"
+
+
+def test_the_published_sweeps_are_pinned_to_the_recipe_they_were_measured_with():
+    """The README's sweep findings were measured with recipe1 (blob 10 uncapped, binary opacity [200, 0, 1000, 400]);
+    re-running a preset must reproduce them after the default moved on."""
+    for preset in ("sweep-guidance", "sweep-schedule", "sweep-guidance-learned", "candidate-recipe", "ablate-recipe1"):
+        over = yaml.safe_load((ROOT / "configs" / f"{preset}.yaml").read_text())
+        cfg = from_dict(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over), preset)
+        base = next(iter(cfgmod.variants(cfg).values()))
+        recipe = (base.nerf.blob_density, base.nerf.blob_cap, base.train.entropy_weight)
+        assert recipe == (10.0, 0.0, [200, 0, 1000, 400]), preset
+        assert all("-recipe1" in name for name in cfgmod.variants(cfg)), preset
+
+
+def test_tag_names_the_variants_and_is_not_a_setting():
+    cfg = from_dict({"tag": "r1", "sweep": {"guidance.scale": [10, 3]}})
+    assert list(cfgmod.variants(cfg)) == ["world-w10-uniform-r1", "world-w3-uniform-r1"]
+    assert from_dict({"tag": "r1"}).digest() == from_dict({}).digest()
+    abl = from_dict({"tag": "r1", "ablation": {"grid": {"nerf.kind": "grid"}}})
+    assert list(cfgmod.variants(abl)) == ["world-w10-uniform-r1", "world-w10-uniform-r1-grid"]
+    with pytest.raises(ConfigError, match=r"params.yaml: tag must be a plain name .* got '\.\./x'"):
+        from_dict({"tag": "../x"})
+    with pytest.raises(ConfigError, match="sweep.tag cannot be swept"):
+        from_dict({"sweep": {"tag": ["a", "b"]}})
 
 
 def test_json_schema_is_current_documented_and_strict():

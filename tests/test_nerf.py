@@ -200,3 +200,21 @@ def test_pyramid_with_mlp_looks_up_each_level_at_the_points():
     torch.testing.assert_close(f._features(pts), f._sample(f.levels[0], pts))
     sigma, albedo = f.density_albedo(pts)
     assert sigma.shape == (5,) and albedo.shape == (5, 3) and (sigma >= 0).all()
+
+
+def test_blob_cap_keeps_the_edge_and_tail_and_flattens_the_centre():
+    """nerf.blob_cap: min(40 (1 − r/0.5), 8) — the centre a torus must empty is +8, not +40; the edge and the
+    negative tail outside are the uncapped blob's."""
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import blob, build_field
+
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.45, 0.0], [0.0, 0.0, 0.5], [0.6, 0.0, 0.8]])
+    torch.testing.assert_close(blob(pts, "linear", 40.0, 0.5), torch.tensor([40.0, 16.0, 4.0, 0.0, -40.0]))
+    torch.testing.assert_close(blob(pts, "linear", 40.0, 0.5, cap=8.0), torch.tensor([8.0, 8.0, 4.0, 0.0, -40.0]))
+    gaussian = 5.0 * torch.exp(-(pts.norm(dim=-1) ** 2) / 0.08)
+    torch.testing.assert_close(blob(pts, "gaussian", 5.0, 0.2, cap=0.0), gaussian)
+    f = build_field(FieldConfig(kind="grid", resolution=5, blob_density=40.0, blob_cap=8.0))
+    assert f.blob_grid.max() == 8.0 and f.blob_grid.min() == pytest.approx(40 * (1 - 3**0.5 / 0.5))
+    with torch.no_grad():
+        sigma, _ = f.density_albedo(torch.zeros(1, 3))
+    torch.testing.assert_close(sigma, torch.nn.functional.softplus(torch.tensor([8.0])))

@@ -36,14 +36,17 @@ class Field(nn.Module):
         return sigma, albedo, grad
 
 
-def blob(pts: Tensor, kind: str, strength: float, radius: float) -> Tensor:
-    """Density blob added to the pre-activation density at init: gaussian λ·exp(−‖μ‖²/2σ²) or linear λ(1 − ‖μ‖/σ)."""
+def blob(pts: Tensor, kind: str, strength: float, radius: float, cap: float = 0.0) -> Tensor:
+    """Density blob added to the pre-activation density at init: gaussian λ·exp(−‖μ‖²/2σ²) or linear λ(1 − ‖μ‖/σ),
+    clamped from above at `cap` (0: no cap)."""
     r = pts.norm(dim=-1)
     if kind == "gaussian":
-        return strength * torch.exp(-(r**2) / (2 * radius**2))
-    if kind == "linear":
-        return strength * (1 - r / radius)
-    return torch.zeros_like(r)
+        out = strength * torch.exp(-(r**2) / (2 * radius**2))
+    elif kind == "linear":
+        out = strength * (1 - r / radius)
+    else:
+        return torch.zeros_like(r)
+    return out.clamp(max=cap) if cap > 0 else out
 
 
 class GridField(Field):
@@ -63,7 +66,7 @@ class GridField(Field):
         zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")  # grid_sample: D=z, H=y, W=x
         self.register_buffer(
             "blob_grid",
-            blob(torch.stack([xx, yy, zz], -1), cfg.blob, cfg.blob_density, cfg.blob_radius)[None, None],
+            blob(torch.stack([xx, yy, zz], -1), cfg.blob, cfg.blob_density, cfg.blob_radius, cfg.blob_cap)[None, None],
             persistent=False,
         )
 
@@ -122,7 +125,7 @@ class GridField(Field):
             out = self._sample(self._volume(False), pts)
             return out[..., 0], torch.sigmoid(out[..., 1:4])
         out = self.mlp(self._features(pts))
-        prior = blob(pts, self.cfg.blob, self.cfg.blob_density, self.cfg.blob_radius)
+        prior = blob(pts, self.cfg.blob, self.cfg.blob_density, self.cfg.blob_radius, self.cfg.blob_cap)
         return self._activate(out[..., 0] + prior + self.cfg.density_shift), torch.sigmoid(out[..., 1:4])
 
     def query(self, pts: Tensor, normal_eps: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
