@@ -294,3 +294,14 @@ def test_gpu_presets_bound_what_checkpoints_write(preset):
     assert params == 38_340_519 and round(checkpoint_gb, 2) == 0.46
     writes = (cfg.train.steps - 1) // cfg.train.checkpoint_every
     assert writes <= 4 and writes * checkpoint_gb < 2.0
+
+
+@pytest.mark.parametrize("preset", ["sd21-coco153", "if-coco153", "rehearsal-sd"])
+def test_gpu_presets_do_not_inherit_the_worlds_400_step_recipe(preset):
+    """Merged over params.yaml (as --configfile does), the paper-shaped presets keep threestudio's uncapped blob of
+    10 and no binary-opacity term: the world's schedules are in its 400-step units, its cap proven at 32×32 only."""
+    over = yaml.safe_load((ROOT / "configs" / f"{preset}.yaml").read_text())
+    cfg = from_dict(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over), preset)
+    assert (cfg.nerf.blob_density, cfg.nerf.blob_cap, cfg.train.entropy_weight, cfg.train.tv_weight) == (10, 0, 0, 0)
+    assert cfg.train.steps >= 2000 and cfg.shading.albedo_steps == cfg.train.steps // 5  # threestudio: 2000 of 10000
+    assert cfg.train.orientation_weight[3] in (1000, 5000)  # ramped over their own steps, not the world's 400
