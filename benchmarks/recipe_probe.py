@@ -51,21 +51,22 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     tree = Path(__file__).resolve().parents[1].name
     out = Path(f"/tmp/recipe-probe/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}")
     t0 = time.time()
-    guidance = build_guidance(cfg, torch.device("cpu"), bank)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    guidance = build_guidance(cfg, device, bank)
     from pipeline.train import Model, load_model
 
     if not (out / "model.safetensors").exists():
         train(cfg, text, text, seed, out, guidance)
-    model, _, _ = load_model(out / "model.safetensors")
+    model, _, _ = load_model(out / "model.safetensors", device)
     assert isinstance(model, Model)
-    sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)
+    sigma = torch.from_numpy(density_grid(model.field, GRID, device)).reshape(-1)
     shape = parse_caption(text)[1]
     scores = volume_scores(sigma, sdf(shape, grid_points(cfg.nerf.bound)), cfg.mesh.threshold or default_threshold(cfg))
     from pipeline.evaluate import MODES, ClipScorer, evaluate
     from pipeline.nerf.cameras import orbit_cameras
     from pipeline.views import eval_azimuths, render_views
 
-    cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths))
+    cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths)).to(device)
     with torch.no_grad():
         views = render_views(model, cfg, cams, cfg.views.resolution, cfg.views.samples)
     obj = {"prompt_id": "probe", "seed": seed, "text": text, "views": {m: views[k] for m, k in MODES.items()}}
@@ -103,7 +104,9 @@ def main() -> None:
         save_bank(generate_bank(cfg), bank, cfg)
     prompts = [normalize(p) for p in (args.prompts or cfg.prompts.select)]
     jobs = [(data, p, s, str(bank)) for p in prompts for s in args.seeds]
-    with ProcessPoolExecutor(args.jobs) as pool:
+    import multiprocessing
+
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(_one, jobs))
     for r in rows:
         print(
