@@ -35,6 +35,15 @@ def _set(d: dict, key: str, value: str) -> None:
     node[last] = yaml.safe_load(value)
 
 
+def _merge(base: dict, over: dict) -> None:
+    """Nested update of `base` by `over`, as Snakemake's --configfile does (no Snakemake needed)."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
 def _one(args: tuple[dict, str, int, str]) -> dict:
     data, text, seed, bank = args
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -88,9 +97,7 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     data = yaml.safe_load((root / "params.yaml").read_text())
     if args.config:
-        from snakemake.utils import update_config
-
-        update_config(data, yaml.safe_load(Path(args.config).read_text()))
+        _merge(data, yaml.safe_load(Path(args.config).read_text()))
     for item in args.set:
         key, value = item.split("=", 1)
         _set(data, key, value)
