@@ -35,7 +35,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$")
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$|^\.tmp[A-Za-z0-9]{6}$")
+"""Ours (atomic_path: .<name>.<8 chars>.tmp<suffixes>) and safetensors' own: since 0.8 `save_file` writes through
+a `.tmp<6 chars>` file of Rust's tempfile crate in the same folder (found by the 20-SIGKILL test)."""
 
 
 def remove_stale_temps(directory: str | Path) -> list[Path]:

@@ -362,10 +362,13 @@ def test_temp_files_of_a_killed_writer_are_removed_when_training_starts(tmp_path
         tempfile.mkstemp(prefix=".checkpoint.safetensors.", suffix=".tmp.safetensors", dir=tmp_path / "checkpoint"),
         tempfile.mkstemp(prefix=".log.jsonl.", suffix=".tmp.jsonl", dir=tmp_path),
     ]
+    (tmp_path / "checkpoint" / ".tmpXn8H29").write_bytes(b"half a checkpoint")  # safetensors' own temp file
+    stale.append((None, str(tmp_path / "checkpoint" / ".tmpXn8H29")))
     keep = [tmp_path / "log.jsonl", tmp_path / ".write-test-other", tmp_path / "checkpoint" / "final.json"]
+    keep.append(tmp_path / ".tmpXn8H29x")  # not a temp name: kept
     for p in keep:
         p.write_text("{}")
     train(from_dict({**TINY, "train": {**TINY["train"], "steps": 2}}), "p", "a red cube.", 0, tmp_path)
     assert not any(os.path.exists(p) for _, p in stale)
-    assert (tmp_path / ".write-test-other").exists()
+    assert (tmp_path / ".write-test-other").exists() and (tmp_path / ".tmpXn8H29x").exists()
     assert remove_stale_temps(tmp_path / "nowhere") == []
