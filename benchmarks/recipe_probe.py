@@ -53,16 +53,16 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     from pipeline.geometry import GRID, grid_points, volume_scores
     from pipeline.guidance import build_guidance
     from pipeline.mesh import default_threshold, density_grid
-    from pipeline.train import train
     from pipeline.world.scenes import CAPTIONS, parse_caption, sdf
 
     cfg = cfgmod.from_dict(data)
     tree = Path(__file__).resolve().parents[1].name
     out = Path(f"/tmp/recipe-probe/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}")
     t0 = time.time()
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    from pipeline.train import Model, load_model, pick_device, train
+
+    device = pick_device(cfg)
     guidance = build_guidance(cfg, device, bank)
-    from pipeline.train import Model, load_model
 
     if not (out / "model.safetensors").exists():
         train(cfg, text, text, seed, out, guidance)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -100,27 +101,22 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
 
 
-@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_presets_are_valid(preset):
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    over = yaml.safe_load(preset.read_text())
-
-    def merge(a, b):
-        for k, v in b.items():
-            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return a
-
-    from snakemake.utils import validate
-
-    for variant in cfgmod.variants(from_dict(merge(base, over), str(preset))).values():
-        validate(variant.to_dict(), str(ROOT / "schemas/params.schema.json"))  # what the workflow checks too
-
-
-def _merge(a: dict, b: dict) -> dict:
+def _resolved(preset: Path | str, over: dict | None = None) -> cfgmod.Config:
+    """params.yaml with a preset merged over it, as `--configfile` does (`over` instead of reading the file)."""
     from snakemake.utils import update_config
 
-    update_config(a, b)  # what --configfile does
-    return a
+    path = preset if isinstance(preset, Path) else ROOT / "configs" / f"{preset}.yaml"
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    update_config(data, yaml.safe_load(path.read_text()) if over is None else over)
+    return from_dict(data, str(path.name))
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_are_valid(preset):
+    from snakemake.utils import validate
+
+    for variant in cfgmod.variants(_resolved(preset)).values():
+        validate(variant.to_dict(), str(ROOT / "schemas/params.schema.json"))  # what the workflow checks too
 
 
 def test_no_two_presets_share_a_results_folder_with_different_settings():
@@ -128,11 +124,10 @@ def test_no_two_presets_share_a_results_folder_with_different_settings():
     params.yaml does not (a published sweep pinned to its recipe, the smoke run, the rehearsal) must name its
     variants apart (`tag`), or running it after the default would retrain the default's objects in place."""
     seen: dict[tuple[str, str], tuple[str, str]] = {}
-    runs = [("params.yaml", {})] + [
-        (p.name, yaml.safe_load(p.read_text())) for p in sorted((ROOT / "configs").glob("*.yaml"))
+    runs = [("params.yaml", _resolved(ROOT / "params.yaml", over={}))] + [
+        (p.name, _resolved(p)) for p in sorted((ROOT / "configs").glob("*.yaml"))
     ]
-    for src, over in runs:
-        cfg = from_dict(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over), src)
+    for src, cfg in runs:
         for name, variant in cfgmod.variants(cfg).items():
             d = variant.to_dict()
             for key in ("prompts", "seeds", "sweep", "ablation", "study", "tag", "tracking"):
@@ -146,8 +141,7 @@ def test_the_published_sweeps_are_pinned_to_the_recipe_they_were_measured_with()
     """The README's sweep findings were measured with recipe1 (blob 10 uncapped, binary opacity [200, 0, 1000, 400]);
     re-running a preset must reproduce them after the default moved on."""
     for preset in ("sweep-guidance", "sweep-schedule", "sweep-guidance-learned", "candidate-recipe", "ablate-recipe1"):
-        over = yaml.safe_load((ROOT / "configs" / f"{preset}.yaml").read_text())
-        cfg = from_dict(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over), preset)
+        cfg = _resolved(preset)
         base = next(iter(cfgmod.variants(cfg).values()))
         recipe = (base.nerf.blob_density, base.nerf.blob_cap, base.train.entropy_weight)
         assert recipe == (10.0, 0.0, [200, 0, 1000, 400]), preset
@@ -300,8 +294,7 @@ def test_gpu_presets_bound_what_checkpoints_write(preset):
 def test_gpu_presets_do_not_inherit_the_worlds_400_step_recipe(preset):
     """Merged over params.yaml (as --configfile does), the paper-shaped presets keep threestudio's uncapped blob of
     10 and no binary-opacity term: the world's schedules are in its 400-step units, its cap proven at 32×32 only."""
-    over = yaml.safe_load((ROOT / "configs" / f"{preset}.yaml").read_text())
-    cfg = from_dict(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over), preset)
+    cfg = _resolved(preset)
     assert (cfg.nerf.blob_density, cfg.nerf.blob_cap, cfg.train.entropy_weight, cfg.train.tv_weight) == (10, 0, 0, 0)
     assert cfg.train.steps >= 2000 and cfg.shading.albedo_steps == cfg.train.steps // 5  # threestudio: 2000 of 10000
     assert cfg.train.orientation_weight[3] in (1000, 5000)  # ramped over their own steps, not the world's 400
