@@ -294,6 +294,12 @@ class WorldConfig:
     """Renders per caption in the bank (split by view suffix)."""
     resolution: int = field(default=32, metadata=_range(8))
     """Bank render size; must equal render.resolution for the closed-form prior."""
+    background: Literal["fixed", "any"] = "fixed"
+    """Backgrounds the closed-form prior's images come over: fixed, render.background_color only (the bank as
+    rendered); any, every solid colour, the colour a latent the denoiser integrates out in closed form (Gaussian per
+    channel, mean grey, the variance of a uniform colour). A prior that has only seen the fixed colour reads any other
+    background as something to paint over, with density (fog); a real text-to-image model has seen objects over every
+    colour, so `any` is the stand-in for it when training uses random or learned backgrounds."""
 
 
 @dataclass
@@ -607,6 +613,11 @@ def _check_semantics(cfg: Config, src: str) -> None:
         raise ConfigError(
             f"{src}: world.resolution ({cfg.world.resolution}) must equal render.resolution "
             f"({cfg.render.resolution}) for the closed-form world prior"
+        )
+    if cfg.world.background != "fixed" and cfg.guidance.name != "world":
+        raise ConfigError(
+            f"{src}: world.background={cfg.world.background} is a setting of the closed-form world prior; "
+            f"guidance.name={cfg.guidance.name} does not read it: remove world.background or set it to fixed"
         )
     if cfg.guidance.compile != "off" and cfg.guidance.name == "world":
         raise ConfigError(

@@ -75,6 +75,83 @@ def test_closed_form_prior_is_the_exact_posterior():
     assert not torch.allclose(ec, eu)
 
 
+def _tiny_bank(seed: int = 0) -> dict[str, torch.Tensor]:
+    """4 random 2x2 images of 2 captions with random opacity, over white."""
+    g = torch.Generator().manual_seed(seed)
+    opacity = torch.rand(4, 2, 2, generator=g)
+    fg = torch.rand(4, 3, 2, 2, generator=g) * opacity[:, None]
+    images = fg + (1 - opacity[:, None])
+    return {
+        "images": (images * 255).round().to(torch.uint8),
+        "opacity": (opacity * 255).round().to(torch.uint8),
+        "background": torch.ones(3),
+        "caption": torch.tensor([0, 0, 1, 1]),
+        "view": torch.zeros(4, dtype=torch.long),
+        "mode": torch.zeros(4, dtype=torch.long),
+    }
+
+
+@pytest.mark.parametrize("t", [0, 150, 600, 999])
+def test_any_background_prior_is_the_exact_posterior_with_the_colour_integrated_out(t):
+    """Brute force over the joint Gaussian (z, b) per image: the marginal likelihood with the full covariance
+    σ²I + α²s² (I_3 ⊗ u uᵀ), b's posterior mean by Gaussian conditioning; the prior's closed form must agree."""
+    from pipeline.world.prior import BACKGROUND_VAR
+
+    bank = _tiny_bank()
+    prior = ClosedFormWorldPrior(bank, torch.device("cpu"), background="any")
+    ab = prior.alphas_cumprod[t].double()
+    a, var, s2 = ab.sqrt(), 1 - ab, BACKGROUND_VAR
+    x = bank["images"].double() / 127.5 - 1
+    u = 1 - bank["opacity"].double().flatten(1) / 255  # [4, 4]
+    g = x.flatten(2) - u[:, None]  # over white: x = g + u·(+1)
+    z = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for emb, rows in [(torch.tensor([[1, -1]]), [2, 3]), (torch.tensor([[-1, -1]]), [0, 1, 2, 3])]:
+        for zi in z:
+            logp, means = [], []
+            for i in rows:
+                cov_c = var * torch.eye(4, dtype=torch.float64) + a**2 * s2 * torch.outer(u[i], u[i])
+                cov = torch.block_diag(cov_c, cov_c, cov_c)
+                r = zi.flatten() - a * g[i].flatten()
+                logp.append(torch.distributions.MultivariateNormal(torch.zeros(12, dtype=torch.float64), cov).log_prob(r))
+                b = s2 * a * torch.block_diag(u[i][None], u[i][None], u[i][None]) @ torch.linalg.solve(cov, r)  # [3]
+                means.append(g[i] + b[:, None] * u[i][None])
+            w = torch.softmax(torch.stack(logp), 0)
+            expected = (w[:, None, None] * torch.stack(means)).sum(0).view(1, 3, 2, 2)
+            got = prior.posterior_mean(zi[None].float(), torch.tensor([t]), emb)
+            torch.testing.assert_close(got.double(), expected, atol=2e-4, rtol=0)
+
+
+def test_any_background_prior_explains_a_coloured_background_the_fixed_one_paints_over():
+    """At tiny noise a bank object over a colour it was never rendered over is its own denoised image under `any`;
+    the fixed prior returns it over white (the target that makes SDS paint density into the background)."""
+    cfg = from_dict(SMALL)
+    bank = generate_bank(cfg)
+    assert bank["opacity"].shape == (36 * 8, 16, 16) and bank["opacity"].dtype == torch.uint8
+    i = 37
+    x_white = bank["images"][i].float() / 127.5 - 1
+    u = 1 - bank["opacity"][i].float() / 255
+    teal = torch.tensor([0.1, 0.6, 0.5]) * 2 - 1
+    x_teal = (x_white - u * (1 - teal[:, None, None]))[None]  # the same object over teal
+    t = torch.tensor([0])
+    z = prior_z = ClosedFormWorldPrior(bank, torch.device("cpu")).alphas_cumprod[0].sqrt() * x_teal
+    emb = torch.tensor([[int(bank["caption"][i]), -1]])
+    any_bg = ClosedFormWorldPrior(bank, torch.device("cpu"), background="any").posterior_mean(z, t, emb)
+    torch.testing.assert_close(any_bg, x_teal, atol=2e-2, rtol=0)
+    fixed = ClosedFormWorldPrior(bank, torch.device("cpu")).posterior_mean(prior_z, t, emb)
+    corner = (0, slice(None), 0, 0)  # a background pixel
+    assert float(u[0, 0]) == 1.0
+    torch.testing.assert_close(fixed[corner], torch.ones(3), atol=2e-2, rtol=0)  # white, not teal
+
+
+def test_world_background_is_the_closed_form_priors_setting():
+    from pipeline.config import ConfigError
+    from pipeline.world.prior import bank_digest
+
+    assert bank_digest(from_dict({"world": {"background": "any"}})) == bank_digest(from_dict({}))  # the same bank
+    with pytest.raises(ConfigError, match="world.background=any is a setting of the closed-form world prior"):
+        from_dict({"world": {"background": "any"}, "guidance": {"name": "world-unet"}})
+
+
 def test_ground_truth_objects_equal_direct_renders_of_each_caption():
     """Ground truth renders each shape once in white and colours it; that equals rendering every caption."""
     from pipeline.evaluate import ground_truth_objects
