@@ -112,7 +112,8 @@ def test_any_background_prior_is_the_exact_posterior_with_the_colour_integrated_
                 cov_c = var * torch.eye(4, dtype=torch.float64) + a**2 * s2 * torch.outer(u[i], u[i])
                 cov = torch.block_diag(cov_c, cov_c, cov_c)
                 r = zi.flatten() - a * g[i].flatten()
-                logp.append(torch.distributions.MultivariateNormal(torch.zeros(12, dtype=torch.float64), cov).log_prob(r))
+                mvn = torch.distributions.MultivariateNormal(torch.zeros(12, dtype=torch.float64), cov)
+                logp.append(mvn.log_prob(r))
                 b = s2 * a * torch.block_diag(u[i][None], u[i][None], u[i][None]) @ torch.linalg.solve(cov, r)  # [3]
                 means.append(g[i] + b[:, None] * u[i][None])
             w = torch.softmax(torch.stack(logp), 0)
@@ -133,11 +134,11 @@ def test_any_background_prior_explains_a_coloured_background_the_fixed_one_paint
     teal = torch.tensor([0.1, 0.6, 0.5]) * 2 - 1
     x_teal = (x_white - u * (1 - teal[:, None, None]))[None]  # the same object over teal
     t = torch.tensor([0])
-    z = prior_z = ClosedFormWorldPrior(bank, torch.device("cpu")).alphas_cumprod[0].sqrt() * x_teal
+    z = ClosedFormWorldPrior(bank, torch.device("cpu")).alphas_cumprod[0].sqrt() * x_teal
     emb = torch.tensor([[int(bank["caption"][i]), -1]])
     any_bg = ClosedFormWorldPrior(bank, torch.device("cpu"), background="any").posterior_mean(z, t, emb)
     torch.testing.assert_close(any_bg, x_teal, atol=2e-2, rtol=0)
-    fixed = ClosedFormWorldPrior(bank, torch.device("cpu")).posterior_mean(prior_z, t, emb)
+    fixed = ClosedFormWorldPrior(bank, torch.device("cpu")).posterior_mean(z, t, emb)
     corner = (0, slice(None), 0, 0)  # a background pixel
     assert float(u[0, 0]) == 1.0
     torch.testing.assert_close(fixed[corner], torch.ones(3), atol=2e-2, rtol=0)  # white, not teal
