@@ -54,6 +54,7 @@ METRICS = (
     Metric("chamfer", "Chamfer distance", False, matters=0.01),
     Metric("normal_consistency", "normal consistency", True, matters=0.03),
     Metric("silhouette_iou", "silhouette IoU", True, matters=0.05),
+    Metric("iou_gain", "3D IoU gained by training (over the untrained init)", True, matters=0.05),
     Metric("color", "colour R-precision (%)", True, percent=True, matters=0.05),
     Metric("shape", "shape hit (%)", True, percent=True, matters=0.05),
 )

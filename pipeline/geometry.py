@@ -16,6 +16,10 @@ Definitions (one place; the report, MLflow and DVC use these names):
   sets, normals from the mesh faces and from the sdf gradient (1 = every normal agrees). None for an empty mesh.
 * **silhouette_iou** — mean over the evaluation views of the IoU of {opacity > 0.5} of the field's views
   (views.npz) with that of the true primitive rendered from the same cameras.
+* **iou_gain** — iou − init_iou: what training added to the init's 3D IoU. init_iou (and init_fog) score the
+  untrained field the object started from (`pipeline.train.initial_model`, same config and seed) like iou: a density
+  init shaped like a ball already overlaps radius-0.5 primitives (recipe2's capped blob alone: IoU 0.54), and
+  this says how much of an object's IoU the SDS steps earned.
 
     python -m pipeline.geometry --model .../model.safetensors --mesh .../mesh.ply --views .../views.npz \\
         --out .../geometry.json
@@ -135,7 +139,7 @@ def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[st
     from pipeline.mesh import default_threshold, density_grid
     from pipeline.nerf.cameras import orbit_cameras
     from pipeline.nerf.renderer import Background, Shading, render_chunked
-    from pipeline.train import load_model
+    from pipeline.train import initial_model, load_model
     from pipeline.world.scenes import PrimitiveField, parse_caption, sdf
 
     model, cfg, ident = load_model(model_path)
@@ -151,6 +155,10 @@ def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[st
     except GeometryError as exc:
         raise GeometryError(f"{model_path}: {exc}") from None
     out.update(shape=shape, threshold=threshold, grid=GRID, fog_margin=FOG_MARGIN)
+    init = initial_model(cfg, int(ident["seed"])).field
+    init_sigma = torch.from_numpy(density_grid(init, GRID, torch.device("cpu"))).reshape(-1)
+    init_scores = volume_scores(init_sigma, true_sdf, threshold)
+    out.update(init_iou=init_scores["iou"], init_fog=init_scores["fog"], iou_gain=out["iou"] - init_scores["iou"])
 
     import open3d as o3d
 

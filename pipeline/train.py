@@ -98,6 +98,13 @@ class Model(nn.Module):
         self.background = Background(cfg.render)
 
 
+def initial_model(cfg: Config, seed: int) -> Model:
+    """The model as training starts it: drawn from the object's seed alone (not from whatever loading the guidance
+    drew before it), so the untrained init can be rebuilt and scored (pipeline.geometry's iou_gain)."""
+    torch.manual_seed(seed)
+    return Model(cfg)
+
+
 _GPU_LOCK = None
 
 
@@ -436,7 +443,7 @@ def train(
     if restored is not None:
         return restored
     guidance = guidance or build_guidance(cfg, device)
-    model = Model(cfg).to(device)
+    model = initial_model(cfg, seed).to(device)
     groups = [{"params": list(model.field.parameters()), "lr_scale": 1.0}]
     if list(model.background.parameters()):
         groups.append({"params": list(model.background.parameters()), "lr_scale": cfg.train.background_lr})

@@ -163,3 +163,23 @@ def test_guidance_debug_strips_leave_training_unchanged(tmp_path, prior):
     assert img.shape[:2] == (4 * 16, 3 * 16)  # 4 timesteps × (render, noisy, denoised) at the 16 px bank size
     a, b = load_file(str(tmp_path / "plain/model.safetensors")), load_file(str(tmp_path / "debug/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("decoder", [{}, {"features": 8, "mlp_hidden": 16}], ids=["dense", "mlp-decoded"])
+def test_initial_model_is_where_training_starts_whatever_was_drawn_before(tmp_path, prior, decoder):
+    """pipeline.geometry rebuilds the untrained init from (config, seed) to score iou_gain: it must be exactly the
+    model training started from, however much of the global random stream loading the guidance consumed."""
+    from pipeline.train import initial_model
+
+    cfg = from_dict({**TINY, "nerf": {**TINY["nerf"], **decoder}, "train": {**TINY["train"], "steps": 1, "lr": 1e-30}})
+    torch.manual_seed(123)
+    torch.rand(1000)  # a guidance that draws while loading
+    train(cfg, "p", "a red cube.", 3, tmp_path, prior)  # Adam at lr 1e-30 moves nothing visible
+    trained, _, _ = load_model(tmp_path / "model.safetensors")
+    torch.rand(7)
+    init = initial_model(cfg, 3)
+    for (name, a), (_, b) in zip(init.state_dict().items(), trained.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-20, rtol=0, msg=name)
+    other = initial_model(cfg, 4).parameters()
+    other_seed = [not torch.equal(a, b) for a, b in zip(init.parameters(), other, strict=True)]
+    assert any(other_seed) == bool(decoder)  # the dense pyramid starts from the blob alone; an MLP is drawn

@@ -65,7 +65,16 @@ def test_full_tiny_run_with_mlflow(workdir):
     for v in variants:
         ev = json.loads((res / v / "rprecision.json").read_text())
         assert len(ev["geometry"]["objects"]) == 2
-        assert set(ev["geometry"]["summary"]) == {"iou", "fog", "chamfer", "normal_consistency", "silhouette_iou"}
+        assert set(ev["geometry"]["summary"]) == {
+            "iou",
+            "fog",
+            "chamfer",
+            "normal_consistency",
+            "silhouette_iou",
+            "iou_gain",
+        }
+        for o in ev["geometry"]["objects"]:  # the untrained init scored on the same grid and threshold
+            assert o["iou_gain"] == o["iou"] - o["init_iou"] and 0 <= o["init_iou"] <= 1 and 0 <= o["init_fog"] <= 1
         assert set(metrics["variants"][v]["geometry"]) == set(ev["geometry"]["summary"])
     assert "| world-w30-uniform | iou |" in (rep / "comparison.md").read_text()
     page = (rep / "index.html").read_text()

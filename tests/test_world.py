@@ -149,6 +149,11 @@ def test_world_background_is_the_closed_form_priors_setting():
     from pipeline.world.prior import bank_digest
 
     assert bank_digest(from_dict({"world": {"background": "any"}})) == bank_digest(from_dict({}))  # the same bank
+    from pipeline.guidance import build_guidance
+
+    cfg = from_dict({**SMALL, "world": {**SMALL["world"], "background": "any"}})
+    assert build_guidance(cfg, torch.device("cpu")).any_background
+    assert not build_guidance(from_dict(SMALL), torch.device("cpu")).any_background
     with pytest.raises(ConfigError, match="world.background=any is a setting of the closed-form world prior"):
         from_dict({"world": {"background": "any"}, "guidance": {"name": "world-unet"}})
 
