@@ -230,6 +230,9 @@ class TrainConfig:
     """Opacity penalty weight on sqrt((Σw)² + 0.01), mean over rays (paper: 1e-3…5e-3)."""
     entropy_weight: Scheduled = 0.0
     """Binary-entropy penalty on the accumulated opacity: pushes each ray to fully opaque or empty."""
+    z_variance_weight: Scheduled = 0.0
+    """Weight of the depth variance along the rays with opacity > 0.5 (HiFA's z-variance loss, as threestudio applies
+    it): concentrates each ray's weight in a thin shell, so surfaces become sharp instead of a soft density ramp."""
     tv_weight: Scheduled = 0.0
     """Total variation (mean squared neighbour difference) of the pre-activation density of the finest grid."""
     sds_reduction: Literal["mean", "sum"] = "mean"

@@ -515,6 +515,11 @@ def train(
                 loss = loss + entropy_w * (-(a * a.log() + (1 - a) * (1 - a).log())).mean()
             if tv_w > 0:
                 loss = loss + tv_w * model.field.total_variation()
+            z_w = scheduled(cfg.train.z_variance_weight, step)
+            if z_w > 0:
+                opaque = res.opacity.detach() > 0.5
+                if opaque.any():
+                    loss = loss + z_w * res.z_variance[opaque].mean()
             _check_finite(step, "loss", loss.detach(), ckpt_dir)
             opt.zero_grad(set_to_none=True)
             loss.backward()

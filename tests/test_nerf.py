@@ -235,3 +235,24 @@ def test_chunked_render_on_cuda_matches_the_cpu():
     gpu = render_chunked(Ball().to(dev), cams.to(dev), 12, 16, shading, bg.to(dev), chunk=2)
     assert gpu.rgb.device.type == "cuda" and gpu.orientation.device.type == "cuda"
     torch.testing.assert_close(gpu.rgb.cpu(), cpu.rgb, atol=1e-4, rtol=0)
+
+
+def test_z_variance_is_the_depth_variance_of_each_rays_weights():
+    """A faint medium filling the box spreads every ray's weight evenly over its S midpoints, so the depth variance is
+    that of a discrete uniform, Δ²(S² − 1)/12 with Δ = (far − near)/S; a hard ball puts it in one sample (≈ 0)."""
+    from pipeline.nerf.renderer import _ray_box
+
+    cams = orbit_cameras(CameraConfig(), [0.0, 90.0])
+    bg = Background(RenderConfig(background="solid"))
+    s = 32
+    faint = render(Ball(r=3.0, s=1e-3), cams, 8, s, Shading.albedo(2), bg)
+    origins, dirs = rays(cams, 8)
+    near, far = _ray_box(origins, dirs, 1.0)
+    delta = (far - near) / s
+    expected = delta**2 * (s * s - 1) / 12
+    hit = far > near
+    torch.testing.assert_close(faint.z_variance[:, 0][hit], expected[hit], rtol=2e-3, atol=0)  # σL ≈ 2e-3
+    assert (faint.z_variance[:, 0][~hit] == 0).all()
+    hard = render(Ball(r=0.5, s=1e4), cams, 8, s, Shading.albedo(2), bg)
+    opaque = hard.opacity[:, 0] > 0.99
+    assert opaque.any() and hard.z_variance[:, 0][opaque].max() < 1e-3 * expected[opaque].min() + 1e-6

@@ -183,3 +183,15 @@ def test_initial_model_is_where_training_starts_whatever_was_drawn_before(tmp_pa
     other = initial_model(cfg, 4).parameters()
     other_seed = [not torch.equal(a, b) for a, b in zip(init.parameters(), other, strict=True)]
     assert any(other_seed) == bool(decoder)  # the dense pyramid starts from the blob alone; an MLP is drawn
+
+
+def test_z_variance_weight_enters_the_loss(tmp_path, prior):
+    """train.z_variance_weight (HiFA / threestudio) changes training when > 0 and nothing when 0."""
+    runs = {}
+    for w in (0.0, 100.0):
+        cfg = from_dict({**TINY, "train": {**TINY["train"], "z_variance_weight": w}})
+        train(cfg, "p", "a red cube.", 0, tmp_path / str(w), prior)
+        runs[w] = load_file(str(tmp_path / str(w) / "model.safetensors"))
+    base = load_file(str(tmp_path / "0.0" / "model.safetensors"))
+    assert runs[0.0].keys() == base.keys()
+    assert any(not torch.equal(runs[0.0][k], runs[100.0][k]) for k in base)

@@ -113,6 +113,9 @@ class RenderOutput:
     orientation: Tensor
     """Ref-NeRF orientation penalty Σ sg(w_i)·max(0, n_i·d)² per opaque ray: summed over rays, divided by
     Σ sg(opacity) (0 if no normals)."""
+    z_variance: Tensor
+    """Variance of the depth along each ray under its weights, Σ w_i (t_i − depth)² / Σ w_i [B, 1, H, W] (world
+    units²; 0 where empty): small when the ray's weight sits in one thin shell, i.e. at a sharp surface."""
 
 
 def unit(v: Tensor, eps: float = 1e-8) -> Tensor:
@@ -182,8 +185,11 @@ def render(
     foreground = (weights[..., None] * colour).sum(-2)
     bg = background(dirs, training=training, generator=generator)
     rgb = foreground + (1.0 - opacity[..., None]) * bg
-    depth = (weights * ts).sum(-1) / opacity.clamp(min=1e-6)
-    depth = torch.where(opacity > 1e-4, depth, torch.zeros_like(depth))
+    mean_t = (weights * ts).sum(-1) / opacity.clamp(min=1e-6)
+    z_variance = (weights * (ts - mean_t[..., None]) ** 2).sum(-1) / opacity.clamp(min=1e-6)
+    empty = opacity <= 1e-4
+    depth = torch.where(empty, torch.zeros_like(mean_t), mean_t)
+    z_variance = torch.where(empty, torch.zeros_like(z_variance), z_variance)
     chw = lambda t: t.permute(0, 3, 1, 2)  # noqa: E731
     return RenderOutput(
         rgb=chw(rgb).clamp(0, 1),
@@ -192,6 +198,7 @@ def render(
         depth=depth[:, None],
         normal=chw(normal_map),
         orientation=orientation,
+        z_variance=z_variance[:, None],
     )
 
 
@@ -230,4 +237,5 @@ def render_chunked(
         depth=torch.cat([o.depth for o in outs]),
         normal=torch.cat([o.normal for o in outs]),
         orientation=(torch.stack([o.orientation for o in outs]) * sizes).sum() / sizes.sum(),
+        z_variance=torch.cat([o.z_variance for o in outs]),
     )
