@@ -55,6 +55,7 @@ METRICS = (
     Metric("normal_consistency", "normal consistency", True, matters=0.03),
     Metric("silhouette_iou", "silhouette IoU", True, matters=0.05),
     Metric("iou_gain", "3D IoU gained by training (over the untrained init)", True, matters=0.05),
+    Metric("iou_scaled", "3D IoU at the best isotropic scale of the truth", True, matters=0.05),
     Metric("color", "colour R-precision (%)", True, percent=True, matters=0.05),
     Metric("shape", "shape hit (%)", True, percent=True, matters=0.05),
 )

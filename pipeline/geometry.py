@@ -16,6 +16,11 @@ Definitions (one place; the report, MLflow and DVC use these names):
   sets, normals from the mesh faces and from the sdf gradient (1 = every normal agrees). None for an empty mesh.
 * **silhouette_iou** — mean over the evaluation views of the IoU of {opacity > 0.5} of the field's views
   (views.npz) with that of the true primitive rendered from the same cameras.
+* **iou_scaled** — the best 3D IoU (same occupied set) against the true solid scaled about the origin, {sdf(x/s) < 0}
+  for s in `SCALES` (0.60 … 1.40, step 0.01; ties go to the scale nearest 1), and that `scale` in geometry.json. A
+  prior conditioned on a caption cannot tell an object's absolute size from the camera's distance and focal length,
+  so iou partly measures size; iou_scaled measures the shape (benchmarks/RESULTS.md, session 8: one fixed camera
+  makes the same recipe's objects 1.1–1.7× too large, the default camera spread 0.74–0.88×).
 * **iou_gain** — iou − init_iou: what training added to the init's 3D IoU. init_iou (and init_fog) score the
   untrained field the object started from (`pipeline.train.initial_model`, same config and seed) like iou: a density
   init shaped like a ball already overlaps radius-0.5 primitives (recipe2's capped blob alone: IoU 0.54), and
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,8 @@ SURFACE_POINTS = 20_000
 """Points sampled on each surface for chamfer and normal consistency."""
 TRUTH_GRID = 160
 """Marching-cubes grid of the true surface."""
+SCALES = tuple(round(0.6 + 0.01 * i, 2) for i in range(81))
+"""Isotropic scales of the truth searched by iou_scaled."""
 
 
 class GeometryError(ValueError):
@@ -71,6 +79,21 @@ def volume_scores(sigma: Tensor, true_sdf: Tensor, threshold: float, margin: flo
     total = mass.sum().item()
     fog = (mass * (true_sdf > margin)).sum().item() / total if total > 0 else 0.0
     return {"iou": float(iou), "fog": float(fog)}
+
+
+def scale_aligned_iou(
+    sigma: Tensor, sdf_at: Callable[[Tensor], Tensor], points: Tensor, threshold: float
+) -> tuple[float, float]:
+    """(best IoU, its scale) of {σ > τ} against {sdf_at(x / s) < 0} over `SCALES`, ties to the scale nearest 1."""
+    occ = sigma > threshold
+    best_iou, best_scale = -1.0, 1.0
+    for s in sorted(SCALES, key=lambda s: (abs(s - 1.0), s)):
+        true = sdf_at(points / s) < 0
+        union = (occ | true).sum().item()
+        iou = (occ & true).sum().item() / union if union else 0.0
+        if iou > best_iou:
+            best_iou, best_scale = iou, s
+    return float(best_iou), float(best_scale)
 
 
 def true_surface(shape: str, n: int = SURFACE_POINTS, resolution: int = TRUTH_GRID, seed: int = 0):
@@ -149,12 +172,14 @@ def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[st
         raise GeometryError(f"{model_path}: {exc}; geometry is measured on the bundled world only") from None
     threshold = cfg.mesh.threshold or default_threshold(cfg)
     sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)
-    true_sdf = sdf(shape, grid_points(cfg.nerf.bound))
+    points = grid_points(cfg.nerf.bound)
+    true_sdf = sdf(shape, points)
     try:
         out: dict[str, Any] = volume_scores(sigma, true_sdf, threshold)
     except GeometryError as exc:
         raise GeometryError(f"{model_path}: {exc}") from None
     out.update(shape=shape, threshold=threshold, grid=GRID, fog_margin=FOG_MARGIN)
+    out["iou_scaled"], out["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
     init = initial_model(cfg, int(ident["seed"])).field
     init_sigma = torch.from_numpy(density_grid(init, GRID, torch.device("cpu"))).reshape(-1)
     init_scores = volume_scores(init_sigma, true_sdf, threshold)

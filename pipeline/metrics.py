@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-GEOMETRY = ("iou", "fog", "chamfer", "normal_consistency", "silhouette_iou", "iou_gain")
+GEOMETRY = ("iou", "fog", "chamfer", "normal_consistency", "silhouette_iou", "iou_gain", "iou_scaled")
 """Geometry against the truth, defined in pipeline/geometry.py."""
 
 

@@ -109,3 +109,24 @@ def test_true_normals_are_unit_and_agree_with_themselves(shape):
     p2, n2 = g.true_surface(shape, 4000, seed=1)
     assert np.allclose(np.linalg.norm(n1, axis=1), 1.0, atol=1e-4)
     assert g.surface_scores(p1, n1, p2, n2)["normal_consistency"] > 0.97
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_scale_aligned_iou_of_the_truth_is_1_at_scale_1(shape):
+    pts = g.grid_points(1.0)
+    sigma = 50.0 * (sdf(shape, pts) < 0)
+    assert g.scale_aligned_iou(sigma.float(), lambda p: sdf(shape, p), pts, 2.77) == (1.0, 1.0)
+
+
+def test_scale_aligned_iou_forgives_size_not_shape():
+    """A ball of radius 0.6 around the r = 0.5 truth: iou (0.5/0.6)³ ≈ 0.579, iou_scaled 1 at scale 1.2; a shifted
+    ball is not a scaled one, so its scaled IoU stays well short of 1."""
+    pts = g.grid_points(1.0, 128)
+    big = (50.0 * (_sphere_sdf(pts, 0.6) < 0)).float()
+    assert g.volume_scores(big, _sphere_sdf(pts), 2.77)["iou"] == pytest.approx((0.5 / 0.6) ** 3, abs=0.01)
+    iou, scale = g.scale_aligned_iou(big, _sphere_sdf, pts, 2.77)
+    assert iou >= 0.995 and scale == pytest.approx(1.2, abs=0.011)
+    shifted = (50.0 * (_sphere_sdf(pts, centre=(0.2, 0, 0)) < 0)).float()
+    plain = g.volume_scores(shifted, _sphere_sdf(pts), 2.77)["iou"]
+    iou, scale = g.scale_aligned_iou(shifted, _sphere_sdf, pts, 2.77)
+    assert plain <= iou < 0.7 and scale >= 1.0
