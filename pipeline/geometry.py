@@ -68,13 +68,17 @@ def grid_points(bound: float, resolution: int = GRID) -> Tensor:
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
 
 
+def _iou(a: Tensor, b: Tensor) -> float:
+    """|a ∩ b| / |a ∪ b| of two boolean masks (0 when both are empty)."""
+    union = (a | b).sum().item()
+    return (a & b).sum().item() / union if union else 0.0
+
+
 def volume_scores(sigma: Tensor, true_sdf: Tensor, threshold: float, margin: float = FOG_MARGIN) -> dict[str, float]:
     """iou and fog from densities σ [P] and the true sdf [P] at the same points."""
     if not torch.isfinite(sigma).all():
         raise GeometryError("the field has non-finite densities")
-    occ, true = sigma > threshold, true_sdf < 0
-    union = (occ | true).sum().item()
-    iou = (occ & true).sum().item() / union if union else 0.0
+    iou = _iou(sigma > threshold, true_sdf < 0)
     mass = sigma.clamp(min=0).double()
     total = mass.sum().item()
     fog = (mass * (true_sdf > margin)).sum().item() / total if total > 0 else 0.0
@@ -88,9 +92,7 @@ def scale_aligned_iou(
     occ = sigma > threshold
     best_iou, best_scale = -1.0, 1.0
     for s in sorted(SCALES, key=lambda s: (abs(s - 1.0), s)):
-        true = sdf_at(points / s) < 0
-        union = (occ | true).sum().item()
-        iou = (occ & true).sum().item() / union if union else 0.0
+        iou = _iou(occ, sdf_at(points / s) < 0)
         if iou > best_iou:
             best_iou, best_scale = iou, s
     return float(best_iou), float(best_scale)

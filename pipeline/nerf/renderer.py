@@ -185,8 +185,9 @@ def render(
     foreground = (weights[..., None] * colour).sum(-2)
     bg = background(dirs, training=training, generator=generator)
     rgb = foreground + (1.0 - opacity[..., None]) * bg
-    mean_t = (weights * ts).sum(-1) / opacity.clamp(min=1e-6)
-    z_variance = (weights * (ts - mean_t[..., None]) ** 2).sum(-1) / opacity.clamp(min=1e-6)
+    norm = opacity.clamp(min=1e-6)
+    mean_t = (weights * ts).sum(-1) / norm
+    z_variance = (weights * (ts - mean_t[..., None]) ** 2).sum(-1) / norm
     empty = opacity <= 1e-4
     depth = torch.where(empty, torch.zeros_like(mean_t), mean_t)
     z_variance = torch.where(empty, torch.zeros_like(z_variance), z_variance)
