@@ -50,7 +50,7 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.geometry import GRID, grid_points, volume_scores
+    from pipeline.geometry import GRID, grid_points, scale_aligned_iou, volume_scores
     from pipeline.guidance import build_guidance
     from pipeline.mesh import default_threshold, density_grid
     from pipeline.world.scenes import CAPTIONS, parse_caption, sdf
@@ -70,7 +70,10 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     assert isinstance(model, Model)
     sigma = torch.from_numpy(density_grid(model.field, GRID, device)).reshape(-1)
     shape = parse_caption(text)[1]
-    scores = volume_scores(sigma, sdf(shape, grid_points(cfg.nerf.bound)), cfg.mesh.threshold or default_threshold(cfg))
+    points = grid_points(cfg.nerf.bound)
+    threshold = cfg.mesh.threshold or default_threshold(cfg)
+    scores = volume_scores(sigma, sdf(shape, points), threshold)
+    scores["iou_scaled"], scores["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
     from pipeline.evaluate import MODES, ClipScorer, evaluate
     from pipeline.nerf.cameras import orbit_cameras
     from pipeline.views import eval_azimuths, render_views
@@ -118,9 +121,10 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['prompt']:<22} seed {r['seed']}  iou {r['iou']:.3f}  fog {r['fog']:.3f}  "
+            f"iou@scale {r['iou_scaled']:.3f} ({r['scale']:.2f})  "
             f"colour {r['colour']:.3f}  shape {r['shape_hit']:.3f}  ({r['seconds']} s)"
         )
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("iou", "fog", "colour", "shape_hit")}
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("iou", "fog", "iou_scaled", "colour", "shape_hit")}
     print(json.dumps({"set": args.set, "digest": cfg.digest(), **{k: round(v, 4) for k, v in mean.items()}}))
 
 
