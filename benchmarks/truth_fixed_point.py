@@ -1,0 +1,171 @@
+"""Is the true shape a fixed point of SDS under the world prior? Start training at the answer and watch it drift.
+
+Each prompt is trained twice with the same recipe (params.yaml, `--config`, `--set`), seed and bank:
+- `truth`: the field starts as the world's own primitive (its density and colour written into the finest grid,
+  the other levels zero, every level unlocked from step 0),
+- `init`: the recipe's own init (blob), every level unlocked from step 0 as well, so the two differ only in where
+  they start.
+Printed per object: 3D IoU, IoU at best scale and fog (pipeline.geometry) at step 0 and after training. If training
+from the truth ends where training from the blob ends, the recipe's objects are what the prior prefers, and a
+better optimiser cannot beat them: the limit is the prior (its bank, its caption-only conditioning), not the
+recipe. If the truth holds, the limit is the path from the init.
+
+    python benchmarks/truth_fixed_point.py [--prompts "a green cube" ...] [--set key=value ...] [--jobs 2]
+
+Needs a field without MLP decoder (`nerf.mlp_hidden: 0`, the world's default), whose grid holds density and albedo
+logits directly. A development tool like recipe_probe.py (same training, bank and geometry code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import yaml
+
+from benchmarks.recipe_probe import _merge, _set
+from pipeline import config as cfgmod
+
+STARTS = ("truth", "init")
+
+
+def truth_model(cfg: cfgmod.Config, text: str, seed: int):
+    """The recipe's model with the true primitive in its finest grid: pre-activation density
+    softplus⁻¹(σ_true) − blob (so the blob the field adds cancels), albedo logits of the caption's colour; σ_true is
+    the world's density (pipeline.world.scenes.PrimitiveField) with a sharper surface."""
+    import torch
+
+    from pipeline.train import initial_model
+    from pipeline.world.scenes import COLOURS, PrimitiveField, parse_caption
+
+    if cfg.nerf.mlp_hidden:
+        raise SystemExit("truth_fixed_point needs nerf.mlp_hidden: 0 (grid values are density and albedo logits)")
+    model = initial_model(cfg, seed)
+    field = model.field
+    colour, shape = parse_caption(text)
+    r = field.resolution
+    axis = torch.linspace(-cfg.nerf.bound, cfg.nerf.bound, r)
+    zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")  # the grids' (D, H, W) = (z, y, x) layout
+    pts = torch.stack([xx, yy, zz], -1)
+    # a sharp surface (softness 0.002 instead of the renders' 0.01), so {σ > τ} is {sdf < 0} to within the voxel
+    sigma, _ = PrimitiveField(shape, bound=cfg.nerf.bound, softness=0.002).density_albedo(pts)
+    if cfg.nerf.density_activation == "exp":
+        pre = sigma.clamp(min=1e-4).log()
+    else:
+        pre = torch.log(torch.expm1(sigma.clamp(min=1e-4)))
+    albedo = torch.tensor(COLOURS[colour]).clamp(0.02, 0.98)
+    finest = field.levels[-1] if hasattr(field, "levels") else field.grid
+    with torch.no_grad():
+        for p in field.parameters():
+            p.zero_()
+        finest[0, 0] = pre - cfg.nerf.density_shift - field.blob_grid[0, 0]
+        finest[0, 1:4] = torch.logit(albedo)[:, None, None, None]
+    return model
+
+
+def _scores(cfg, model, text: str) -> dict[str, float]:
+    import torch
+
+    from pipeline.geometry import GRID, grid_points, scale_aligned_iou, volume_scores
+    from pipeline.mesh import default_threshold, density_grid
+    from pipeline.world.scenes import parse_caption, sdf
+
+    sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)
+    shape = parse_caption(text)[1]
+    points = grid_points(cfg.nerf.bound)
+    threshold = cfg.mesh.threshold or default_threshold(cfg)
+    out = volume_scores(sigma, sdf(shape, points), threshold)
+    out["iou_scaled"], out["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
+    return out
+
+
+def _one(args: tuple[dict, str, int, str, str]) -> dict:
+    data, text, seed, start, bank = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    import pipeline.train as trainmod
+    from pipeline.guidance import build_guidance
+
+    cfg = cfgmod.from_dict(data)
+    tree = Path(__file__).resolve().parents[1].name
+    out = Path(f"/tmp/truth-fixed-point/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}-{start}")
+    t0 = time.time()
+    first = truth_model(cfg, text, seed) if start == "truth" else trainmod.initial_model(cfg, seed)
+    before = _scores(cfg, first, text)
+    if not (out / "model.safetensors").exists():
+        with mock.patch.object(trainmod, "initial_model", lambda cfg, seed: first):  # train() builds its model so
+            trainmod.train(cfg, text, text, seed, out, build_guidance(cfg, torch.device("cpu"), bank))
+    model, _, _ = trainmod.load_model(out / "model.safetensors", torch.device("cpu"))
+    after = _scores(cfg, model, text)
+    return {
+        "prompt": text,
+        "seed": seed,
+        "start": start,
+        "before": before,
+        "after": after,
+        "out": str(out),
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="a preset merged over params.yaml as `--configfile` does")
+    ap.add_argument("--set", action="append", default=[], help="dotted.key=value (YAML value)")
+    ap.add_argument("--prompts", nargs="*", default=["a green cube", "a yellow cone", "a purple torus", "a red sphere"])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "params.yaml").read_text())
+    if args.config:
+        _merge(data, yaml.safe_load(Path(args.config).read_text()))
+    for item in args.set:
+        key, value = item.split("=", 1)
+        _set(data, key, value)
+    data["tracking"] = {"enabled": False}
+    data.setdefault("nerf", {})["unlock_steps"] = [0, 0]  # the truth lives in the finest level: all levels on
+    cfg = cfgmod.from_dict(data)
+    from pipeline.prompts import normalize
+    from pipeline.world.prior import bank_digest, generate_bank, save_bank
+
+    bank = root / f"results/world/bank-{bank_digest(cfg)}.safetensors"
+    if not bank.exists():
+        save_bank(generate_bank(cfg), bank, cfg)
+    prompts = [normalize(p) for p in args.prompts]
+    jobs = [(data, p, s, start, str(bank)) for p in prompts for s in args.seeds for start in STARTS]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = list(pool.map(_one, jobs))
+    print("| object | start | IoU step 0 → end | IoU at best scale (scale) | fog step 0 → end |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        b, a = r["before"], r["after"]
+        print(
+            f"| {r['prompt'][:-1]} (seed {r['seed']}) | {r['start']} | {b['iou']:.3f} → {a['iou']:.3f} | "
+            f"{b['iou_scaled']:.3f} ({b['scale']:.2f}) → {a['iou_scaled']:.3f} ({a['scale']:.2f}) | "
+            f"{100 * b['fog']:.1f} → {100 * a['fog']:.1f} % |"
+        )
+    summary = {
+        start: {
+            k: round(sum(r["after"][k] for r in rows if r["start"] == start) / len(prompts) / len(args.seeds), 4)
+            for k in ("iou", "iou_scaled", "fog")
+        }
+        for start in STARTS
+    }
+    print(json.dumps({"set": args.set, "digest": cfg.digest(), "after": summary}))
+
+
+if __name__ == "__main__":
+    main()
