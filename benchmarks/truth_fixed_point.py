@@ -10,7 +10,11 @@ from the truth ends where training from the blob ends, the recipe's objects are 
 better optimiser cannot beat them: the limit is the prior (its bank, its caption-only conditioning), not the
 recipe. If the truth holds, the limit is the path from the init.
 
-    python benchmarks/truth_fixed_point.py [--prompts "a green cube" ...] [--set key=value ...] [--jobs 2]
+    python benchmarks/truth_fixed_point.py [--prompts "a green cube" ...] [--set key=value ...] [--jobs 2] \
+        [--sheet docs/truth-fixed-point.png]
+
+`--sheet` writes a picture: per object, the evaluation views (colour, then textureless) after training from the
+init (upper row) and from the truth (lower row).
 
 Needs a field without MLP decoder (`nerf.mlp_hidden: 0`, the world's default), whose grid holds density and albedo
 logits directly. A development tool like recipe_probe.py (same training, bank and geometry code).
@@ -120,6 +124,29 @@ def _one(args: tuple[dict, str, int, str, str]) -> dict:
     }
 
 
+def write_sheet(path: Path, rows: list[dict]) -> None:
+    """Colour and textureless evaluation views of every trained object, one row each, in the order given."""
+    import imageio.v3 as iio
+    import numpy as np
+    import torch
+
+    from pipeline.io import atomic_write
+    from pipeline.nerf.cameras import orbit_cameras
+    from pipeline.train import load_model
+    from pipeline.views import _grid, eval_azimuths, render_views
+
+    images = []
+    for r in rows:
+        model, cfg, _ = load_model(Path(r["out"]) / "model.safetensors", torch.device("cpu"))
+        cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths))
+        with torch.no_grad():
+            views = render_views(model, cfg, cams, cfg.views.resolution, cfg.views.samples)
+        images += list(views["color"]) + list(views["textureless"])
+    grid = _grid([i[None] for i in images], nrow=len(images) // len(rows))
+    big = np.kron(grid, np.ones((2, 2, 1), dtype=np.uint8))
+    atomic_write(path, lambda p: iio.imwrite(p, big, extension=".png"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="a preset merged over params.yaml as `--configfile` does")
@@ -127,6 +154,7 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="*", default=["a green cube", "a yellow cone", "a purple torus", "a red sphere"])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--sheet", type=Path, help="write the views of every object (init above truth) to this PNG")
     args = ap.parse_args()
     root = Path(__file__).resolve().parents[1]
     data = yaml.safe_load((root / "params.yaml").read_text())
@@ -165,6 +193,8 @@ def main() -> None:
         for start in STARTS
     }
     print(json.dumps({"set": args.set, "digest": cfg.digest(), "after": summary}))
+    if args.sheet:
+        write_sheet(args.sheet, sorted(rows, key=lambda r: (r["prompt"], r["seed"], r["start"] != "init")))
 
 
 if __name__ == "__main__":
