@@ -41,16 +41,22 @@ from benchmarks.recipe_probe import _merge, _set
 from pipeline import config as cfgmod
 
 STARTS = ("truth", "init")
+SHARP = 0.002
+"""The truth's default surface softness: σ = 60 sigmoid(logit(τ/60) − sdf / softness), so the mesh iso-level τ is the
+true surface at any softness and the density reaches 60 inside (0.002: within a fifth of a 64³ voxel; 0.05: a soft
+edge about 0.3 wide)."""
+SIGMA_MAX = 60.0  # the world renders' density inside (pipeline.world.scenes.PrimitiveField)
 
 
-def truth_model(cfg: cfgmod.Config, text: str, seed: int):
+def truth_model(cfg: cfgmod.Config, text: str, seed: int, softness: float = SHARP):
     """The recipe's model with the true primitive in its finest grid: pre-activation density
     softplus⁻¹(σ_true) − blob (so the blob the field adds cancels), albedo logits of the caption's colour; σ_true is
-    the world's density (pipeline.world.scenes.PrimitiveField) with a sharper surface."""
+    the world's density inside, with its iso-level τ on the true surface (`SHARP`)."""
     import torch
 
+    from pipeline.mesh import default_threshold
     from pipeline.train import initial_model
-    from pipeline.world.scenes import COLOURS, PrimitiveField, parse_caption
+    from pipeline.world.scenes import COLOURS, parse_caption, sdf
 
     if cfg.nerf.mlp_hidden:
         raise SystemExit("truth_fixed_point needs nerf.mlp_hidden: 0 (grid values are density and albedo logits)")
@@ -61,8 +67,8 @@ def truth_model(cfg: cfgmod.Config, text: str, seed: int):
     axis = torch.linspace(-cfg.nerf.bound, cfg.nerf.bound, r)
     zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")  # the grids' (D, H, W) = (z, y, x) layout
     pts = torch.stack([xx, yy, zz], -1)
-    # a sharp surface (softness 0.002 instead of the renders' 0.01), so {σ > τ} is {sdf < 0} to within the voxel
-    sigma, _ = PrimitiveField(shape, bound=cfg.nerf.bound, softness=0.002).density_albedo(pts)
+    tau = cfg.mesh.threshold or default_threshold(cfg)
+    sigma = SIGMA_MAX * torch.sigmoid(torch.logit(torch.tensor(tau / SIGMA_MAX)) - sdf(shape, pts) / softness)
     if cfg.nerf.density_activation == "exp":
         pre = sigma.clamp(min=1e-4).log()
     else:
@@ -93,8 +99,8 @@ def _scores(cfg, model, text: str) -> dict[str, float]:
     return out
 
 
-def _one(args: tuple[dict, str, int, str, str]) -> dict:
-    data, text, seed, start, bank = args
+def _one(args: tuple[dict, str, int, str, float, str]) -> dict:
+    data, text, seed, start, softness, bank = args
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
@@ -104,9 +110,10 @@ def _one(args: tuple[dict, str, int, str, str]) -> dict:
 
     cfg = cfgmod.from_dict(data)
     tree = Path(__file__).resolve().parents[1].name
-    out = Path(f"/tmp/truth-fixed-point/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}-{start}")
+    arm = start if start == "init" or softness == SHARP else f"{start}{softness:g}"
+    out = Path(f"/tmp/truth-fixed-point/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}-{arm}")
     t0 = time.time()
-    first = truth_model(cfg, text, seed) if start == "truth" else trainmod.initial_model(cfg, seed)
+    first = truth_model(cfg, text, seed, softness) if start == "truth" else trainmod.initial_model(cfg, seed)
     before = _scores(cfg, first, text)
     if not (out / "model.safetensors").exists():
         with mock.patch.object(trainmod, "initial_model", lambda cfg, seed: first):  # train() builds its model so
@@ -154,6 +161,9 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="*", default=["a green cube", "a yellow cone", "a purple torus", "a red sphere"])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--softness", type=float, default=SHARP, help="the truth's surface softness (a soft-edged truth: 0.05)"
+    )
     ap.add_argument("--sheet", type=Path, help="write the views of every object (init above truth) to this PNG")
     args = ap.parse_args()
     root = Path(__file__).resolve().parents[1]
@@ -173,7 +183,7 @@ def main() -> None:
     if not bank.exists():
         save_bank(generate_bank(cfg), bank, cfg)
     prompts = [normalize(p) for p in args.prompts]
-    jobs = [(data, p, s, start, str(bank)) for p in prompts for s in args.seeds for start in STARTS]
+    jobs = [(data, p, s, start, args.softness, str(bank)) for p in prompts for s in args.seeds for start in STARTS]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(_one, jobs))
     print("| object | start | IoU step 0 → end | IoU at best scale (scale) | fog step 0 → end |")
