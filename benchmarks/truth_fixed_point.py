@@ -14,7 +14,8 @@ recipe. If the truth holds, the limit is the path from the init.
         [--sheet docs/truth-fixed-point.png]
 
 `--sheet` writes a picture: per object, the evaluation views (colour, then textureless) after training from the
-init (upper row) and from the truth (lower row).
+init (upper row) and from the truth (lower row). `--softness 0.05` starts from a soft-edged truth instead (same
+iso-surface, density ramping over ≈ 0.3): does SDS sharpen the right shape, or blur it like the blob?
 
 Needs a field without MLP decoder (`nerf.mlp_hidden: 0`, the world's default), whose grid holds density and albedo
 logits directly. A development tool like recipe_probe.py (same training, bank and geometry code).
