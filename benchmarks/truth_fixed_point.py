@@ -72,6 +72,8 @@ def truth_model(cfg: cfgmod.Config, text: str, seed: int, softness: float = SHAR
     sigma = SIGMA_MAX * torch.sigmoid(torch.logit(torch.tensor(tau / SIGMA_MAX)) - sdf(shape, pts) / softness)
     if cfg.nerf.density_activation == "exp":
         pre = sigma.clamp(min=1e-4).log()
+    elif cfg.nerf.density_activation == "sigmoid":
+        pre = torch.logit(sigma / cfg.nerf.density_max, eps=1e-6)
     else:
         pre = torch.log(torch.expm1(sigma.clamp(min=1e-4)))
     albedo = torch.tensor(COLOURS[colour]).clamp(0.02, 0.98)

@@ -162,8 +162,13 @@ class FieldConfig:
     """Hidden width of the decoder MLP (0 = no MLP, the grid holds density and albedo logits directly)."""
     bound: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
     """Half side of the cube the field lives in; rays are sampled inside the sphere of radius bound·√3 ∩ cube."""
-    density_activation: Literal["exp", "softplus"] = "softplus"
-    """Density activation (paper: exp)."""
+    density_activation: Literal["exp", "softplus", "sigmoid"] = "softplus"
+    """Density activation (paper: exp). `sigmoid`: σ = density_max · sigmoid(pre-activation), bounded, so the linear
+    blob starts as a sharp-edged ball (σ half of density_max on its sphere, e^−4 of it 4/λ·radius further out) and
+    updates concentrate on the surface (soft density is the trap SDS settles into on the world:
+    benchmarks/truth_fixed_point.py)."""
+    density_max: float = field(default=60.0, metadata=_range(0.0, lo_open=True))
+    """σ inside for `density_activation: sigmoid` (the world's primitives are rendered at 60)."""
     blob: Literal["gaussian", "linear", "none"] = "linear"
     """Density blob added at init: gaussian λ·exp(−‖μ‖²/2σ²) (paper) or linear λ·(1 − ‖μ‖/σ) (Magic3D)."""
     blob_density: float = field(default=10.0, metadata=_range(0.0))

@@ -220,6 +220,28 @@ def test_blob_cap_keeps_the_edge_and_tail_and_flattens_the_centre():
     torch.testing.assert_close(sigma, torch.nn.functional.softplus(torch.tensor([8.0])))
 
 
+def test_sigmoid_density_is_bounded_and_half_full_on_the_blob_sphere():
+    """nerf.density_activation: sigmoid — σ = density_max · sigmoid(blob + grid): density_max/2 on the blob's sphere,
+    the capped centre at density_max · sigmoid(8), outside ≈ 0, never above density_max; with the MLP decoder too."""
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import build_field
+
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, -0.5, 0.0], [1.0, 0.0, 0.0]])  # nodes of the 5³ grid
+    want = 60.0 * torch.sigmoid(torch.tensor([8.0, 0.0, 0.0, -40.0]))
+    for extra in ({}, {"features": 8, "mlp_hidden": 8}):
+        cfg = FieldConfig(kind="grid", resolution=5, blob_density=40.0, blob_cap=8.0, density_activation="sigmoid")
+        f = build_field(FieldConfig(**{**cfg.__dict__, **extra}))
+        if f.mlp is not None:
+            torch.nn.init.zeros_(f.mlp[2].weight), torch.nn.init.zeros_(f.mlp[2].bias)
+        with torch.no_grad():
+            sigma, _ = f.density_albedo(pts)
+        torch.testing.assert_close(sigma, want, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            for p in f.parameters():
+                p.fill_(1e3)
+            assert f.density_albedo(pts)[0].max() <= 60.0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_chunked_render_on_cuda_matches_the_cpu():

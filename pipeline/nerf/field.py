@@ -90,6 +90,8 @@ class GridField(Field):
     def _activate(self, raw: Tensor) -> Tensor:
         if self.cfg.density_activation == "exp":
             return torch.exp(raw.clamp(max=15.0))
+        if self.cfg.density_activation == "sigmoid":
+            return self.cfg.density_max * torch.sigmoid(raw)
         return F.softplus(raw)
 
     def _sample(self, volume: Tensor, pts: Tensor) -> Tensor:
