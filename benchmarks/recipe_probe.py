@@ -26,6 +26,8 @@ import yaml
 
 from pipeline import config as cfgmod
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _set(d: dict, key: str, value: str) -> None:
     node = d
@@ -42,6 +44,29 @@ def _merge(base: dict, over: dict) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
+
+
+def probe_settings(config: str | None, sets: list[str]) -> dict:
+    """params.yaml with a preset merged over it (as `--configfile` does) and `dotted.key=value` overrides, tracking
+    off: a probe's settings, as a dict for `pipeline.config.from_dict`."""
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if config:
+        _merge(data, yaml.safe_load(Path(config).read_text()))
+    for item in sets:
+        key, value = item.split("=", 1)
+        _set(data, key, value)
+    data["tracking"] = {"enabled": False}
+    return data
+
+
+def world_bank(cfg: cfgmod.Config) -> Path:
+    """The world bank of cfg under results/world/, named as the workflow names it; built on first use."""
+    from pipeline.world.prior import bank_digest, generate_bank, save_bank
+
+    bank = ROOT / f"results/world/bank-{bank_digest(cfg)}.safetensors"
+    if not bank.exists():
+        save_bank(generate_bank(cfg), bank, cfg)
+    return bank
 
 
 def _one(args: tuple[dict, str, int, str]) -> dict:
@@ -97,21 +122,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
-    root = Path(__file__).resolve().parents[1]
-    data = yaml.safe_load((root / "params.yaml").read_text())
-    if args.config:
-        _merge(data, yaml.safe_load(Path(args.config).read_text()))
-    for item in args.set:
-        key, value = item.split("=", 1)
-        _set(data, key, value)
-    data["tracking"] = {"enabled": False}
+    data = probe_settings(args.config, args.set)
     cfg = cfgmod.from_dict(data)
     from pipeline.prompts import normalize
-    from pipeline.world.prior import bank_digest, generate_bank, save_bank
 
-    bank = root / f"results/world/bank-{bank_digest(cfg)}.safetensors"
-    if not bank.exists():
-        save_bank(generate_bank(cfg), bank, cfg)
+    bank = world_bank(cfg)
     prompts = [normalize(p) for p in (args.prompts or cfg.prompts.select)]
     jobs = [(data, p, s, str(bank)) for p in prompts for s in args.seeds]
     import multiprocessing

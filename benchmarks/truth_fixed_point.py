@@ -36,9 +36,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import yaml
-
-from benchmarks.recipe_probe import _merge, _set
+from benchmarks.recipe_probe import probe_settings, world_bank
 from pipeline import config as cfgmod
 
 STARTS = ("truth", "init")
@@ -169,22 +167,12 @@ def main() -> None:
     )
     ap.add_argument("--sheet", type=Path, help="write the views of every object (init above truth) to this PNG")
     args = ap.parse_args()
-    root = Path(__file__).resolve().parents[1]
-    data = yaml.safe_load((root / "params.yaml").read_text())
-    if args.config:
-        _merge(data, yaml.safe_load(Path(args.config).read_text()))
-    for item in args.set:
-        key, value = item.split("=", 1)
-        _set(data, key, value)
-    data["tracking"] = {"enabled": False}
+    data = probe_settings(args.config, args.set)
     data.setdefault("nerf", {})["unlock_steps"] = [0, 0]  # the truth lives in the finest level: all levels on
     cfg = cfgmod.from_dict(data)
     from pipeline.prompts import normalize
-    from pipeline.world.prior import bank_digest, generate_bank, save_bank
 
-    bank = root / f"results/world/bank-{bank_digest(cfg)}.safetensors"
-    if not bank.exists():
-        save_bank(generate_bank(cfg), bank, cfg)
+    bank = world_bank(cfg)
     prompts = [normalize(p) for p in args.prompts]
     jobs = [(data, p, s, start, args.softness, str(bank)) for p in prompts for s in args.seeds for start in STARTS]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
