@@ -69,16 +69,33 @@ def world_bank(cfg: cfgmod.Config) -> Path:
     return bank
 
 
+def shape_scores(cfg: cfgmod.Config, model, text: str) -> dict[str, float]:
+    """iou, fog, iou_scaled and scale of a trained model against its caption's primitive (pipeline.geometry, on the
+    mesh stage's grid and iso-level)."""
+    import torch
+
+    from pipeline.geometry import GRID, grid_points, scale_aligned_iou, volume_scores
+    from pipeline.mesh import default_threshold, density_grid
+    from pipeline.world.scenes import parse_caption, sdf
+
+    device = next(model.field.parameters()).device
+    sigma = torch.from_numpy(density_grid(model.field, GRID, device)).reshape(-1)
+    shape = parse_caption(text)[1]
+    points = grid_points(cfg.nerf.bound)
+    threshold = cfg.mesh.threshold or default_threshold(cfg)
+    out = volume_scores(sigma, sdf(shape, points), threshold)
+    out["iou_scaled"], out["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
+    return out
+
+
 def _one(args: tuple[dict, str, int, str]) -> dict:
     data, text, seed, bank = args
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.geometry import GRID, grid_points, scale_aligned_iou, volume_scores
     from pipeline.guidance import build_guidance
-    from pipeline.mesh import default_threshold, density_grid
-    from pipeline.world.scenes import CAPTIONS, parse_caption, sdf
+    from pipeline.world.scenes import CAPTIONS
 
     cfg = cfgmod.from_dict(data)
     tree = Path(__file__).resolve().parents[1].name
@@ -93,12 +110,7 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
         train(cfg, text, text, seed, out, guidance)
     model, _, _ = load_model(out / "model.safetensors", device)
     assert isinstance(model, Model)
-    sigma = torch.from_numpy(density_grid(model.field, GRID, device)).reshape(-1)
-    shape = parse_caption(text)[1]
-    points = grid_points(cfg.nerf.bound)
-    threshold = cfg.mesh.threshold or default_threshold(cfg)
-    scores = volume_scores(sigma, sdf(shape, points), threshold)
-    scores["iou_scaled"], scores["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
+    scores = shape_scores(cfg, model, text)
     from pipeline.evaluate import MODES, ClipScorer, evaluate
     from pipeline.nerf.cameras import orbit_cameras
     from pipeline.views import eval_azimuths, render_views

@@ -36,7 +36,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from benchmarks.recipe_probe import probe_settings, world_bank
+from benchmarks.recipe_probe import probe_settings, shape_scores, world_bank
 from pipeline import config as cfgmod
 
 STARTS = ("truth", "init")
@@ -84,22 +84,6 @@ def truth_model(cfg: cfgmod.Config, text: str, seed: int, softness: float = SHAR
     return model
 
 
-def _scores(cfg, model, text: str) -> dict[str, float]:
-    import torch
-
-    from pipeline.geometry import GRID, grid_points, scale_aligned_iou, volume_scores
-    from pipeline.mesh import default_threshold, density_grid
-    from pipeline.world.scenes import parse_caption, sdf
-
-    sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)
-    shape = parse_caption(text)[1]
-    points = grid_points(cfg.nerf.bound)
-    threshold = cfg.mesh.threshold or default_threshold(cfg)
-    out = volume_scores(sigma, sdf(shape, points), threshold)
-    out["iou_scaled"], out["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
-    return out
-
-
 def _one(args: tuple[dict, str, int, str, float, str]) -> dict:
     data, text, seed, start, softness, bank = args
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -115,12 +99,12 @@ def _one(args: tuple[dict, str, int, str, float, str]) -> dict:
     out = Path(f"/tmp/truth-fixed-point/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}-{arm}")
     t0 = time.time()
     first = truth_model(cfg, text, seed, softness) if start == "truth" else trainmod.initial_model(cfg, seed)
-    before = _scores(cfg, first, text)
+    before = shape_scores(cfg, first, text)
     if not (out / "model.safetensors").exists():
         with mock.patch.object(trainmod, "initial_model", lambda cfg, seed: first):  # train() builds its model so
             trainmod.train(cfg, text, text, seed, out, build_guidance(cfg, torch.device("cpu"), bank))
     model, _, _ = trainmod.load_model(out / "model.safetensors", torch.device("cpu"))
-    after = _scores(cfg, model, text)
+    after = shape_scores(cfg, model, text)
     return {
         "prompt": text,
         "seed": seed,

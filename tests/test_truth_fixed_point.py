@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from benchmarks.truth_fixed_point import _scores, truth_model
+from benchmarks.recipe_probe import shape_scores
+from benchmarks.truth_fixed_point import truth_model
 from pipeline import config as cfgmod
 from pipeline.geometry import grid_points
 from pipeline.world.scenes import COLOURS, sdf
@@ -23,7 +24,7 @@ def test_the_truth_start_is_the_primitive_with_its_colour():
     want = 60.0 * torch.sigmoid(torch.logit(torch.tensor(math.log(2) / 0.25 / 60.0)) - sdf("cube", pts) / 0.002)
     assert torch.allclose(sigma, want.clamp(min=1e-4), rtol=1e-4, atol=1e-4)
     assert torch.allclose(albedo, torch.tensor(COLOURS["green"]).clamp(0.02, 0.98).expand_as(albedo), atol=1e-6)
-    scores = _scores(cfg, model, "a green cube.")
+    scores = shape_scores(cfg, model, "a green cube.")
     assert scores["iou"] == 1.0 and scores["iou_scaled"] == 1.0 and scores["scale"] == 1.0
     assert scores["fog"] < 1e-4
 
@@ -38,7 +39,7 @@ def test_the_truth_start_cancels_the_blob_and_the_shift():
 
 def test_a_soft_truth_keeps_the_iso_level_on_the_true_surface():
     cfg = _cfg()
-    scores = _scores(cfg, truth_model(cfg, "a red sphere.", 0, softness=0.05), "a red sphere.")
+    scores = shape_scores(cfg, truth_model(cfg, "a red sphere.", 0, softness=0.05), "a red sphere.")
     assert scores["scale"] == 1.0 and scores["iou"] > 0.95
 
 
