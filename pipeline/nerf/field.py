@@ -35,6 +35,18 @@ class Field(nn.Module):
         grad = (s[..., :3] - s[..., 3:]) / (2 * normal_eps)
         return sigma, albedo, grad
 
+    def query_analytic(self, pts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """σ, albedo and the exact ∇σ at pts by autograd, in one query. Under grad mode ∇σ keeps its graph (a loss
+        on the normals reaches the parameters through a double backward); under no_grad everything is detached."""
+        keep = torch.is_grad_enabled()
+        with torch.enable_grad():
+            p = pts.detach().requires_grad_(True)
+            sigma, albedo = self.density_albedo(p)
+            (grad,) = torch.autograd.grad(sigma, p, torch.ones_like(sigma), create_graph=keep)
+        if keep:
+            return sigma, albedo, grad
+        return sigma.detach(), albedo.detach(), grad.detach()
+
 
 def blob(pts: Tensor, kind: str, strength: float, radius: float, cap: float = 0.0) -> Tensor:
     """Density blob added to the pre-activation density at init: gaussian λ·exp(−‖μ‖²/2σ²) or linear λ(1 − ‖μ‖/σ),
@@ -131,6 +143,8 @@ class GridField(Field):
         return self._activate(out[..., 0] + prior + self.cfg.density_shift), torch.sigmoid(out[..., 1:4])
 
     def query(self, pts: Tensor, normal_eps: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        if with_grad and self.cfg.normals == "analytic":
+            return self.query_analytic(pts)
         if self.mlp is not None or not with_grad:
             return super().query(pts, normal_eps, with_grad)
         out = self._sample(self._volume(True), pts)
