@@ -70,6 +70,8 @@ def truth_model(cfg: cfgmod.Config, text: str, seed: int, softness: float = SHAR
     sigma = SIGMA_MAX * torch.sigmoid(torch.logit(torch.tensor(tau / SIGMA_MAX)) - sdf(shape, pts) / softness)
     if cfg.nerf.density_activation == "exp":
         pre = sigma.clamp(min=1e-4).log()
+    elif cfg.nerf.density_activation == "sdf":
+        pre = -sdf(shape, pts)  # the truth as a distance: the width schedule is the softness
     elif cfg.nerf.density_activation == "sigmoid":
         pre = torch.logit(sigma / cfg.nerf.density_max, eps=1e-6)
     else:

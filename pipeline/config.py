@@ -162,13 +162,20 @@ class FieldConfig:
     """Hidden width of the decoder MLP (0 = no MLP, the grid holds density and albedo logits directly)."""
     bound: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
     """Half side of the cube the field lives in; rays are sampled inside the sphere of radius bound·√3 ∩ cube."""
-    density_activation: Literal["exp", "softplus", "sigmoid"] = "softplus"
+    density_activation: Literal["exp", "softplus", "sigmoid", "sdf"] = "softplus"
     """Density activation (paper: exp). `sigmoid`: σ = density_max · sigmoid(pre-activation), bounded, so the linear
     blob starts as a sharp-edged ball (σ half of density_max on its sphere, e^−4 of it 4/λ·radius further out) and
     updates concentrate on the surface (soft density is the trap SDS settles into on the world:
     benchmarks/truth_fixed_point.py)."""
     density_max: float = field(default=60.0, metadata=_range(0.0, lo_open=True))
-    """σ inside for `density_activation: sigmoid` (the world's primitives are rendered at 60)."""
+    """σ inside for `density_activation: sigmoid` or `sdf` (the world's primitives are rendered at 60)."""
+    sdf_width: Scheduled = field(default_factory=lambda: [0, 0.1, 0.01, 300])
+    """`density_activation: sdf`: the pre-activation z is a negative signed distance (positive inside) and
+    σ = density_max · sigmoid(z / sdf_width), the logistic density of NeuS (Wang et al. 2021), with a width annealed
+    from soft (the whole shape can move) to sharp (a surface, no fog). The world's primitives are rendered with this
+    profile at width 0.01. Pair it with `blob: linear` and `blob_density` = `blob_radius` (z = radius − ‖x‖, a
+    sphere's exact distance) and `train.eikonal_weight`, which keeps z a distance so the width means what it says.
+    Evaluation uses the schedule's last width."""
     blob: Literal["gaussian", "linear", "none"] = "linear"
     """Density blob added at init: gaussian λ·exp(−‖μ‖²/2σ²) (paper) or linear λ·(1 − ‖μ‖/σ) (Magic3D)."""
     blob_density: float = field(default=10.0, metadata=_range(0.0))
@@ -247,6 +254,9 @@ class TrainConfig:
     it): concentrates each ray's weight in a thin shell, so surfaces become sharp instead of a soft density ramp."""
     tv_weight: Scheduled = 0.0
     """Total variation (mean squared neighbour difference) of the pre-activation density of the finest grid."""
+    eikonal_weight: Scheduled = 0.0
+    """Eikonal term mean((‖∇z‖ − 1)²) over the finest grid's nodes, z the pre-activation with the blob (central
+    differences): keeps an `sdf` field's z a signed distance. Direct grids only (`nerf.mlp_hidden: 0`)."""
     sds_reduction: Literal["mean", "sum"] = "mean"
     """How the SDS term combines the views of a step: mean (threestudio, stable-dreamfusion), so regulariser
     weights mean the same at any `batch_views`; sum multiplies the SDS term by `batch_views`."""
@@ -592,6 +602,18 @@ def _check_semantics(cfg: Config, src: str) -> None:
     hi = s.t_max if isinstance(s.t_max, float) else max(s.t_max[1:3])
     if lo >= hi:
         raise ConfigError(f"{src}: schedule.t_min ({lo}) must be below schedule.t_max ({hi})")
+    n = cfg.nerf
+    if n.density_activation == "sdf" and n.blob == "linear" and (n.blob_density != n.blob_radius or n.blob_cap):
+        raise ConfigError(
+            f"{src}: nerf.density_activation sdf reads the pre-activation as a distance, so its linear blob must be "
+            f"one: set nerf.blob_density equal to nerf.blob_radius ({n.blob_radius}, got {n.blob_density}) and "
+            f"nerf.blob_cap: 0 (got {n.blob_cap})"
+        )
+    if n.mlp_hidden and cfg.train.eikonal_weight != 0:
+        raise ConfigError(
+            f"{src}: train.eikonal_weight is taken on the grid's nodes and needs a direct grid: set nerf.mlp_hidden: 0 "
+            f"or train.eikonal_weight: 0"
+        )
     if cfg.nerf.mlp_hidden == 0 and cfg.nerf.features != 4:
         raise ConfigError(f"{src}: nerf.features must be 4 when nerf.mlp_hidden is 0, got {cfg.nerf.features}")
     if cfg.study and (not SAFE_NAME.fullmatch(cfg.study) or ".." in cfg.study):

@@ -515,6 +515,9 @@ def train(
                 loss = loss + entropy_w * (-(a * a.log() + (1 - a) * (1 - a).log())).mean()
             if tv_w > 0:
                 loss = loss + tv_w * model.field.total_variation()
+            eik_w = scheduled(cfg.train.eikonal_weight, step)
+            if eik_w > 0:
+                loss = loss + eik_w * model.field.eikonal()
             z_w = scheduled(cfg.train.z_variance_weight, step)
             if z_w > 0:
                 opaque = res.opacity.detach() > 0.5

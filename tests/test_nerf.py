@@ -343,3 +343,61 @@ def test_analytic_normals_render_like_finite_differences():
     torch.testing.assert_close(b.opacity, a.opacity)
     torch.testing.assert_close(b.rgb, a.rgb, atol=2e-3, rtol=0)
     torch.testing.assert_close(b.normal, a.normal, atol=2e-2, rtol=0)
+
+
+def test_sdf_density_is_the_logistic_of_a_distance_with_an_annealed_width():
+    """nerf.density_activation: sdf — z = 0.5 − ‖x‖ from the linear blob (λ = radius), σ = 60 · sigmoid(z / width):
+    half full on the sphere at every step; at the centre sigmoid(0.5 / width) with the width of the step, the
+    schedule's last width when evaluating; with the MLP decoder at the points as on the grid's nodes."""
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import build_field
+
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, -1.0, 0.0]])  # nodes of the 5³ grid
+    z = torch.tensor([0.5, 0.0, -0.5])
+    for extra in ({}, {"features": 8, "mlp_hidden": 8}):
+        cfg = FieldConfig(
+            kind="grid", resolution=5, blob_density=0.5, blob_radius=0.5, density_activation="sdf",
+            sdf_width=[0, 0.1, 0.01, 300], **extra,
+        )  # fmt: skip
+        f = build_field(cfg)
+        if f.mlp is not None:
+            torch.nn.init.zeros_(f.mlp[2].weight), torch.nn.init.zeros_(f.mlp[2].bias)
+        for step, width in ((0, 0.1), (150, 0.055), (300, 0.01), (10_000, 0.01), (None, 0.01)):
+            f.set_step(step)
+            assert f.sdf_width() == pytest.approx(width)
+            with torch.no_grad():
+                sigma, _ = f.density_albedo(pts)
+            torch.testing.assert_close(sigma, 60.0 * torch.sigmoid(z / width), rtol=1e-5, atol=1e-5)
+
+
+def test_eikonal_is_zero_on_a_distance_and_grows_as_the_slope_leaves_one():
+    """mean((‖∇z‖ − 1)²) on the grid's nodes: z = x → 0; z = 2x → 1; z = 0.5x + 0.5y (slope √0.5) → (√0.5 − 1)²;
+    central (and one-sided at the faces) differences are exact on linear functions."""
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import build_field
+
+    f = build_field(FieldConfig(kind="grid", resolution=6, blob="none"))
+    axis = torch.linspace(-1, 1, 6)
+    zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")
+    for volume, want in ((xx, 0.0), (2 * xx, 1.0), (0.5 * xx + 0.5 * yy, (0.5**0.5 - 1) ** 2)):
+        with torch.no_grad():
+            f.grid[0, 0] = volume
+        assert f.eikonal().item() == pytest.approx(want, abs=1e-6)
+    # pyramid levels sum before the term, and the blob is part of z: the linear blob of λ = radius is a distance
+    g = build_field(FieldConfig(kind="pyramid", levels=[4, 8], blob_density=0.5, blob_radius=0.5))
+    assert g.eikonal().item() < 0.02  # kinks only at the centre node and the one-sided faces
+    f.grid.grad = None
+    with torch.no_grad():
+        f.grid[0, 0] = 2 * xx
+    f.eikonal().backward()
+    assert f.grid.grad[0, 0].abs().sum() > 0 and f.grid.grad[0, 1:].abs().sum() == 0
+
+
+def test_sdf_settings_that_contradict_themselves_are_refused():
+    from pipeline.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="blob_density equal to nerf.blob_radius"):
+        from_dict({"nerf": {"density_activation": "sdf", "blob_density": 10.0, "blob_radius": 0.5}})
+    with pytest.raises(ConfigError, match="eikonal_weight"):
+        from_dict({"nerf": {"features": 8, "mlp_hidden": 16}, "train": {"eikonal_weight": 0.1}})
+    from_dict({"nerf": {"density_activation": "sdf", "blob_density": 0.5, "blob_radius": 0.5, "blob_cap": 0.0}})

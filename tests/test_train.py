@@ -195,3 +195,15 @@ def test_z_variance_weight_enters_the_loss(tmp_path, prior):
     base = load_file(str(tmp_path / "0.0" / "model.safetensors"))
     assert runs[0.0].keys() == base.keys()
     assert any(not torch.equal(runs[0.0][k], runs[100.0][k]) for k in base)
+
+
+def test_sdf_field_trains_with_the_eikonal_term(tmp_path, prior):
+    """An sdf field with the eikonal term trains to finite weights, and the term changes what it learns."""
+    nerf = {**TINY["nerf"], "density_activation": "sdf", "blob_density": 0.5, "blob_cap": 0.0}
+    runs = {}
+    for w in (0.0, 1.0):
+        cfg = from_dict({**TINY, "nerf": nerf, "train": {**TINY["train"], "eikonal_weight": w}})
+        train(cfg, "p", "a red cube.", 0, tmp_path / str(w), prior)
+        runs[w] = load_file(str(tmp_path / str(w) / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in runs[1.0].values())
+    assert any(not torch.equal(runs[0.0][k], runs[1.0][k]) for k in runs[0.0])

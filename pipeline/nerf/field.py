@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config import FieldConfig
+from pipeline.config import FieldConfig, scheduled
 
 
 class Field(nn.Module):
@@ -82,6 +82,8 @@ class GridField(Field):
             persistent=False,
         )
 
+    _step: int | None = None
+
     def _make_grids(self, cfg: FieldConfig) -> int:
         """Create the trainable grid(s); return the resolution of the volume `_raw` gives."""
         r = cfg.resolution
@@ -97,13 +99,23 @@ class GridField(Field):
         return self._sample(self.grid, pts)
 
     def set_step(self, step: int | None) -> None:
-        """The training step (for coarse-to-fine fields); None = fully unlocked (evaluation)."""
+        """The training step (coarse-to-fine levels, the `sdf` width); None = evaluation (all levels, last width)."""
+        self._step = step
+
+    def sdf_width(self) -> float:
+        """The `sdf` activation's logistic width at the current step (the schedule's last value when evaluating)."""
+        width = self.cfg.sdf_width
+        if self._step is None:
+            return float(width if isinstance(width, (int, float)) else width[2])
+        return scheduled(width, self._step)
 
     def _activate(self, raw: Tensor) -> Tensor:
         if self.cfg.density_activation == "exp":
             return torch.exp(raw.clamp(max=15.0))
         if self.cfg.density_activation == "sigmoid":
             return self.cfg.density_max * torch.sigmoid(raw)
+        if self.cfg.density_activation == "sdf":
+            return self.cfg.density_max * torch.sigmoid(raw / self.sdf_width())
         return F.softplus(raw)
 
     def _sample(self, volume: Tensor, pts: Tensor) -> Tensor:
@@ -134,6 +146,13 @@ class GridField(Field):
             + ((d[:, :, 1:] - d[:, :, :-1]) ** 2).mean()
         )
 
+    def eikonal(self) -> Tensor:
+        """mean((‖∇z‖ − 1)²) over the finest volume's nodes, z the pre-activation density with the blob and shift."""
+        z = self._raw()[0, 0] + self.blob_grid[0, 0] + self.cfg.density_shift
+        spacing = 2 * self.bound / (self.resolution - 1)
+        dz, dy, dx = torch.gradient(z, spacing=spacing)
+        return ((torch.sqrt(dx**2 + dy**2 + dz**2 + 1e-12) - 1.0) ** 2).mean()
+
     def density_albedo(self, pts: Tensor) -> tuple[Tensor, Tensor]:
         if self.mlp is None:
             out = self._sample(self._volume(False), pts)
@@ -160,11 +179,7 @@ class PyramidField(GridField):
 
     def _make_grids(self, cfg: FieldConfig) -> int:
         self.levels = nn.ParameterList(nn.Parameter(torch.zeros(1, cfg.features, r, r, r)) for r in cfg.levels)
-        self._step: int | None = None
         return cfg.levels[-1]
-
-    def set_step(self, step: int | None) -> None:
-        self._step = step
 
     def level_weights(self) -> list[float]:
         """Fade-in weight of each level at the current step (1 for the coarsest; all 1 when no step is set)."""
