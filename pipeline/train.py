@@ -518,6 +518,9 @@ def train(
             eik_w = scheduled(cfg.train.eikonal_weight, step)
             if eik_w > 0:
                 loss = loss + eik_w * model.field.eikonal()
+            curv_w = scheduled(cfg.train.curvature_weight, step)
+            if curv_w > 0:
+                loss = loss + curv_w * model.field.curvature(cfg.train.curvature_band)
             z_w = scheduled(cfg.train.z_variance_weight, step)
             if z_w > 0:
                 opaque = res.opacity.detach() > 0.5
