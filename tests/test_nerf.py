@@ -398,6 +398,30 @@ def test_sdf_settings_that_contradict_themselves_are_refused():
 
     with pytest.raises(ConfigError, match="blob_density equal to nerf.blob_radius"):
         from_dict({"nerf": {"density_activation": "sdf", "blob_density": 10.0, "blob_radius": 0.5}})
-    with pytest.raises(ConfigError, match="eikonal_weight"):
-        from_dict({"nerf": {"features": 8, "mlp_hidden": 16}, "train": {"eikonal_weight": 0.1}})
+    for key in ("eikonal_weight", "curvature_weight"):
+        with pytest.raises(ConfigError, match=key):
+            from_dict({"nerf": {"features": 8, "mlp_hidden": 16}, "train": {key: 0.1}})
     from_dict({"nerf": {"density_activation": "sdf", "blob_density": 0.5, "blob_radius": 0.5, "blob_cap": 0.0}})
+
+
+def test_curvature_is_the_squared_laplacian_near_the_surface_only():
+    """mean((Δz)²) over inner nodes with |z| < band: a plane scores 0, z = x² − 0.3 (Δz = 2, exact for the 7-point
+    stencil on a quadratic) scores 4, and nodes beyond the band do not count."""
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import build_field
+
+    f = build_field(FieldConfig(kind="grid", resolution=9, blob="none"))
+    axis = torch.linspace(-1, 1, 9)
+    zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")
+    with torch.no_grad():
+        f.grid[0, 0] = xx - 0.1
+    assert f.curvature(band=0.5).item() == pytest.approx(0.0, abs=1e-4)
+    with torch.no_grad():
+        f.grid[0, 0] = xx**2 - 0.3
+    assert f.curvature(band=0.5).item() == pytest.approx(4.0, rel=1e-4)
+    # a step of 7 on the x = 0 plane (z −0.3, outside a band of 0.06) changes only nodes outside the band: with the
+    # band only the x = ±0.5 planes (z −0.05) count, and their neighbours are x = ±0.25, ±0.75
+    with torch.no_grad():
+        f.grid[0, 0] = xx**2 - 0.3 + 7 * (xx.abs() < 1e-6)
+    assert f.curvature(band=0.06).item() == pytest.approx(4.0, rel=1e-4)
+    assert f.curvature(band=10.0).item() > 100
