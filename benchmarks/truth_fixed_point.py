@@ -81,7 +81,7 @@ def truth_model(cfg: cfgmod.Config, text: str, seed: int, softness: float = SHAR
     with torch.no_grad():
         for p in field.parameters():
             p.zero_()
-        finest[0, 0] = pre - cfg.nerf.density_shift - field.blob_grid[0, 0]
+        finest[0, 0] = (pre - cfg.nerf.density_shift - field.blob_grid[0, 0]) / cfg.nerf.density_scale
         finest[0, 1:4] = torch.logit(albedo)[:, None, None, None]
     return model
 

@@ -186,6 +186,11 @@ class FieldConfig:
     """Upper bound on the blob's pre-activation density (0 = none). A linear blob steep enough to keep surfaces dense
     (λ 40) is also +40 at the centre, more than a few hundred steps can remove: a torus keeps its hole filled. A cap
     keeps the steep edge and the negative tail and leaves an interior the SDS gradient can carve."""
+    density_scale: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    """The pre-activation density is density_scale × the field's density channel (+ blob + shift). Adam moves every
+    value by about the learning rate a step, so this is the density's learning rate relative to the albedo's: an
+    `sdf` field needs its distance to move ≈ 0.001 a step (faster steps crumple the surface) while the albedo keeps
+    `train.lr`."""
     normals: Literal["finite_difference", "analytic"] = "finite_difference"
     """How ∇σ (normals −∇σ/‖∇σ‖, Lambertian shading, the orientation penalty) is computed. finite_difference: central
     differences `render.normal_eps` apart (6 more field queries a sample with an MLP decoder; a direct grid takes

@@ -425,3 +425,30 @@ def test_curvature_is_the_squared_laplacian_near_the_surface_only():
         f.grid[0, 0] = xx**2 - 0.3 + 7 * (xx.abs() < 1e-6)
     assert f.curvature(band=0.06).item() == pytest.approx(4.0, rel=1e-4)
     assert f.curvature(band=10.0).item() > 100
+
+
+def test_density_scale_multiplies_the_density_channel_only():
+    """nerf.density_scale: pre-activation = scale × grid density + blob, on the grid and through the MLP; the albedo
+    is untouched, and the eikonal term sees the scaled distance."""
+    from pipeline.config import FieldConfig
+    from pipeline.nerf.field import build_field
+
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]])  # nodes of the 5³ grid
+    for extra in ({}, {"features": 8, "mlp_hidden": 8}):
+        base = dict(kind="grid", resolution=5, blob="none", density_activation="exp", **extra)
+        f1, f2 = build_field(FieldConfig(**base)), build_field(FieldConfig(**base, density_scale=0.25))
+        with torch.no_grad():
+            if f1.mlp is None:
+                f1.grid.fill_(2.0), f2.grid.fill_(2.0)
+            else:
+                torch.nn.init.zeros_(f1.mlp[2].weight), torch.nn.init.constant_(f1.mlp[2].bias, 2.0)
+                f2.load_state_dict(f1.state_dict())
+            (s1, a1), (s2, a2) = f1.density_albedo(pts), f2.density_albedo(pts)
+        torch.testing.assert_close(s1, torch.full((2,), math.exp(2.0)))
+        torch.testing.assert_close(s2, torch.full((2,), math.exp(0.5)))
+        torch.testing.assert_close(a1, a2)
+    g = build_field(FieldConfig(kind="grid", resolution=6, blob="none", density_scale=0.5))
+    axis = torch.linspace(-1, 1, 6)
+    with torch.no_grad():
+        g.grid[0, 0] = axis.view(1, 1, 6).expand(6, 6, 6)  # x: slope 1, scaled to 0.5
+    assert g.eikonal().item() == pytest.approx(0.25, abs=1e-6)

@@ -109,6 +109,11 @@ class GridField(Field):
             return float(width if isinstance(width, (int, float)) else width[2])
         return scheduled(width, self._step)
 
+    def _pre_density(self, channel: Tensor) -> Tensor:
+        """The pre-activation density volume from the grid's density channel [1, 1, R, R, R]: scaled, plus the blob
+        and the shift."""
+        return self.cfg.density_scale * channel + self.blob_grid + self.cfg.density_shift
+
     def _activate(self, raw: Tensor) -> Tensor:
         if self.cfg.density_activation == "exp":
             return torch.exp(raw.clamp(max=15.0))
@@ -128,7 +133,7 @@ class GridField(Field):
     def _volume(self, with_grad: bool) -> Tensor:
         """[1, 4 (+3), R, R, R]: activated density, albedo logits (and ∇σ by central differences on the grid)."""
         raw = self._raw()
-        density = self._activate(raw[:, :1] + self.blob_grid + self.cfg.density_shift)
+        density = self._activate(self._pre_density(raw[:, :1]))
         parts = [density, raw[:, 1:4]]
         if with_grad:
             spacing = 2 * self.bound / (self.resolution - 1)
@@ -148,7 +153,7 @@ class GridField(Field):
 
     def eikonal(self) -> Tensor:
         """mean((‖∇z‖ − 1)²) over the finest volume's nodes, z the pre-activation density with the blob and shift."""
-        z = self._raw()[0, 0] + self.blob_grid[0, 0] + self.cfg.density_shift
+        z = self._pre_density(self._raw()[:, :1])[0, 0]
         spacing = 2 * self.bound / (self.resolution - 1)
         dz, dy, dx = torch.gradient(z, spacing=spacing)
         return ((torch.sqrt(dx**2 + dy**2 + dz**2 + 1e-12) - 1.0) ** 2).mean()
@@ -157,7 +162,7 @@ class GridField(Field):
         """mean((Δz)²) over the finest volume's inner nodes with |z| < band (near the surface), Δ the 7-point
         Laplacian: for a signed distance twice the mean curvature, so this smooths crumpled surfaces (Neuralangelo's
         curvature term, squared) and leaves flat faces and the field far from the surface alone."""
-        z = self._raw()[0, 0] + self.blob_grid[0, 0] + self.cfg.density_shift
+        z = self._pre_density(self._raw()[:, :1])[0, 0]
         h = 2 * self.bound / (self.resolution - 1)
         c = z[1:-1, 1:-1, 1:-1]
         lap = (
@@ -173,7 +178,8 @@ class GridField(Field):
             return out[..., 0], torch.sigmoid(out[..., 1:4])
         out = self.mlp(self._features(pts))
         prior = blob(pts, self.cfg.blob, self.cfg.blob_density, self.cfg.blob_radius, self.cfg.blob_cap)
-        return self._activate(out[..., 0] + prior + self.cfg.density_shift), torch.sigmoid(out[..., 1:4])
+        density = self._activate(self.cfg.density_scale * out[..., 0] + prior + self.cfg.density_shift)
+        return density, torch.sigmoid(out[..., 1:4])
 
     def query(self, pts: Tensor, normal_eps: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         if with_grad and self.cfg.normals == "analytic":
