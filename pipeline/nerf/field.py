@@ -8,6 +8,8 @@ MLP decoder is there for higher-resolution setups.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -104,10 +106,16 @@ class GridField(Field):
 
     def sdf_width(self) -> float:
         """The `sdf` activation's logistic width at the current step (the schedule's last value when evaluating)."""
-        width = self.cfg.sdf_width
-        if self._step is None:
-            return float(width if isinstance(width, (int, float)) else width[2])
-        return scheduled(width, self._step)
+        return scheduled(self.cfg.sdf_width, sys.maxsize if self._step is None else self._step)
+
+    @property
+    def spacing(self) -> float:
+        """Distance between neighbouring nodes of the finest volume."""
+        return 2 * self.bound / (self.resolution - 1)
+
+    def _node_distance(self) -> Tensor:
+        """The pre-activation density z on the finest volume's nodes [R, R, R] (a distance for an `sdf` field)."""
+        return self._pre_density(self._raw()[:, :1])[0, 0]
 
     def _pre_density(self, channel: Tensor) -> Tensor:
         """The pre-activation density volume from the grid's density channel [1, 1, R, R, R]: scaled, plus the blob
@@ -136,8 +144,7 @@ class GridField(Field):
         density = self._activate(self._pre_density(raw[:, :1]))
         parts = [density, raw[:, 1:4]]
         if with_grad:
-            spacing = 2 * self.bound / (self.resolution - 1)
-            dz, dy, dx = torch.gradient(density[0, 0], spacing=spacing)
+            dz, dy, dx = torch.gradient(density[0, 0], spacing=self.spacing)
             parts.append(torch.stack([dx, dy, dz])[None])
         return torch.cat(parts, dim=1)
 
@@ -153,17 +160,14 @@ class GridField(Field):
 
     def eikonal(self) -> Tensor:
         """mean((‖∇z‖ − 1)²) over the finest volume's nodes, z the pre-activation density with the blob and shift."""
-        z = self._pre_density(self._raw()[:, :1])[0, 0]
-        spacing = 2 * self.bound / (self.resolution - 1)
-        dz, dy, dx = torch.gradient(z, spacing=spacing)
+        dz, dy, dx = torch.gradient(self._node_distance(), spacing=self.spacing)
         return ((torch.sqrt(dx**2 + dy**2 + dz**2 + 1e-12) - 1.0) ** 2).mean()
 
     def curvature(self, band: float) -> Tensor:
         """mean((Δz)²) over the finest volume's inner nodes with |z| < band (near the surface), Δ the 7-point
         Laplacian: for a signed distance twice the mean curvature, so this smooths crumpled surfaces (Neuralangelo's
         curvature term, squared) and leaves flat faces and the field far from the surface alone."""
-        z = self._pre_density(self._raw()[:, :1])[0, 0]
-        h = 2 * self.bound / (self.resolution - 1)
+        z, h = self._node_distance(), self.spacing
         c = z[1:-1, 1:-1, 1:-1]
         lap = (
             z[2:, 1:-1, 1:-1] + z[:-2, 1:-1, 1:-1] + z[1:-1, 2:, 1:-1] + z[1:-1, :-2, 1:-1] + z[1:-1, 1:-1, 2:]
