@@ -46,12 +46,12 @@ def _merge(base: dict, over: dict) -> None:
             base[key] = value
 
 
-def probe_settings(config: str | None, sets: list[str]) -> dict:
-    """params.yaml with a preset merged over it (as `--configfile` does) and `dotted.key=value` overrides, tracking
-    off: a probe's settings, as a dict for `pipeline.config.from_dict`."""
+def probe_settings(config: str | list[str] | None, sets: list[str]) -> dict:
+    """params.yaml with one preset or several merged over it in order (as `--configfile a.yaml b.yaml` does) and
+    `dotted.key=value` overrides, tracking off: a probe's settings, as a dict for `pipeline.config.from_dict`."""
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    if config:
-        _merge(data, yaml.safe_load(Path(config).read_text()))
+    for path in [config] if isinstance(config, str) else config or []:
+        _merge(data, yaml.safe_load(Path(path).read_text()))
     for item in sets:
         key, value = item.split("=", 1)
         _set(data, key, value)
@@ -128,7 +128,11 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="a preset merged over params.yaml as `--configfile` does (e.g. configs/x.yaml)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        help="a preset merged over params.yaml as `--configfile` does (e.g. configs/x.yaml); repeat to stack overlays",
+    )
     ap.add_argument("--set", action="append", default=[], help="dotted.key=value (YAML value)")
     ap.add_argument("--prompts", nargs="*", default=None, help="captions (default: params.yaml's selection)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])

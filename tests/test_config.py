@@ -101,21 +101,43 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
 
 
-def _resolved(preset: Path | str, over: dict | None = None) -> cfgmod.Config:
-    """params.yaml with a preset merged over it, as `--configfile` does (`over` instead of reading the file)."""
+def _resolved(preset: Path | str, over: dict | None = None, *overlays: str) -> cfgmod.Config:
+    """params.yaml with a preset merged over it, then each overlay (configs/overlays/<name>.yaml), as `--configfile
+    preset overlay…` does (`over` instead of reading the preset's file)."""
     from snakemake.utils import update_config
 
     path = preset if isinstance(preset, Path) else ROOT / "configs" / f"{preset}.yaml"
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     update_config(data, yaml.safe_load(path.read_text()) if over is None else over)
+    for name in overlays:
+        update_config(data, yaml.safe_load((ROOT / "configs" / "overlays" / f"{name}.yaml").read_text()))
     return from_dict(data, str(path.name))
 
 
-@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+# presets used stacked with an overlay, as their comments say: (preset, overlay)
+STACKS = [("rehearsal-sd", "rehearsal-cpu")]
+
+
+def _presets() -> list[tuple[str, cfgmod.Config]]:
+    """Every preset merged over params.yaml, and every documented stack of a preset and an overlay."""
+    runs = [(p.name, _resolved(p)) for p in sorted((ROOT / "configs").glob("*.yaml"))]
+    return runs + [(f"{a}.yaml + overlays/{b}.yaml", _resolved(a, None, b)) for a, b in STACKS]
+
+
+def test_every_overlay_is_used_in_a_documented_stack():
+    assert sorted(p.stem for p in (ROOT / "configs" / "overlays").glob("*.yaml")) == sorted(b for _, b in STACKS)
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [*sorted((ROOT / "configs").glob("*.yaml")), *STACKS],
+    ids=lambda p: p.stem if isinstance(p, Path) else "+".join(p),
+)
 def test_presets_are_valid(preset):
     from snakemake.utils import validate
 
-    for variant in cfgmod.variants(_resolved(preset)).values():
+    cfg = _resolved(preset[0], None, preset[1]) if isinstance(preset, tuple) else _resolved(preset)
+    for variant in cfgmod.variants(cfg).values():
         validate(variant.to_dict(), str(ROOT / "schemas/params.schema.json"))  # what the workflow checks too
 
 
@@ -124,9 +146,7 @@ def test_no_two_presets_share_a_results_folder_with_different_settings():
     params.yaml does not (a published sweep pinned to its recipe, the smoke run, the rehearsal) must name its
     variants apart (`tag`), or running it after the default would retrain the default's objects in place."""
     seen: dict[tuple[str, str], tuple[str, str]] = {}
-    runs = [("params.yaml", _resolved(ROOT / "params.yaml", over={}))] + [
-        (p.name, _resolved(p)) for p in sorted((ROOT / "configs").glob("*.yaml"))
-    ]
+    runs = [("params.yaml", _resolved(ROOT / "params.yaml", over={})), *_presets()]
     for src, cfg in runs:
         for name, variant in cfgmod.variants(cfg).items():
             d = variant.to_dict()
@@ -298,3 +318,29 @@ def test_gpu_presets_do_not_inherit_the_worlds_400_step_recipe(preset):
     assert (cfg.nerf.blob_density, cfg.nerf.blob_cap, cfg.train.entropy_weight, cfg.train.tv_weight) == (10, 0, 0, 0)
     assert cfg.train.steps >= 2000 and cfg.shading.albedo_steps == cfg.train.steps // 5  # threestudio: 2000 of 10000
     assert cfg.train.orientation_weight[3] in (1000, 5000)  # ramped over their own steps, not the world's 400
+
+
+def test_the_cpu_rehearsal_is_the_rehearsal_at_32x32_with_regularisers_scaled_by_the_pixel_count():
+    """configs/overlays/rehearsal-cpu.yaml changes only the size: 32×32 renders and bank, half the samples, steps and
+    every step count, no 128³ level; the ray-mean regularisers × (32/64)² against the pixel-summed SDS term."""
+    reh, cpu = _resolved("rehearsal-sd").to_dict(), _resolved("rehearsal-sd", None, "rehearsal-cpu").to_dict()
+    k = (32 / 64) ** 2
+
+    def scaled(v):  # a Scheduled weight: its values × k, its steps halved with the run
+        return [v[0] // 2, v[1] * k, v[2] * k, v[3] // 2] if isinstance(v, list) else v * k
+
+    assert reh["render"]["resolution"] == reh["world"]["resolution"] == 64
+    assert cpu["world"] == {**reh["world"], "resolution": 32, "images_per_caption": 600}
+    assert cpu["render"] == {**reh["render"], "resolution": 32, "samples": reh["render"]["samples"] // 2}
+    assert cpu["nerf"] == {
+        **reh["nerf"],
+        "levels": reh["nerf"]["levels"][:-1],
+        "unlock_steps": [s // 2 for s in reh["nerf"]["unlock_steps"]],
+    }
+    assert cpu["shading"] == {**reh["shading"], "albedo_steps": reh["shading"]["albedo_steps"] // 2}
+    halved = {key: reh["train"][key] // 2 for key in ("steps", "warmup_steps")}
+    weights = {key: scaled(reh["train"][key]) for key in ("orientation_weight", "opacity_weight", "entropy_weight")}
+    assert cpu["train"] == {**reh["train"], **halved, **weights}
+    assert cpu["train"]["orientation_weight"] == [0, 2.5, 250.0, 500]
+    for section in ("guidance", "schedule", "camera", "views", "evaluate", "prompts", "seeds"):
+        assert cpu[section] == reh[section], section
