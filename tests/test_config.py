@@ -311,13 +311,37 @@ def test_gpu_presets_bound_what_checkpoints_write(preset):
 
 
 @pytest.mark.parametrize("preset", ["sd21-coco153", "if-coco153", "rehearsal-sd"])
-def test_gpu_presets_do_not_inherit_the_worlds_400_step_recipe(preset):
-    """Merged over params.yaml (as --configfile does), the paper-shaped presets keep threestudio's uncapped blob of
-    10 and no binary-opacity term: the world's schedules are in its 400-step units, its cap proven at 32×32 only."""
+def test_gpu_presets_take_the_worlds_init_and_binary_opacity_in_their_own_steps(preset):
+    """Merged over params.yaml (as --configfile does), the paper-shaped presets take the world's capped steep blob and
+    binary opacity (the CPU rehearsal's winner, README "Paper setups"), with the schedule in their own steps: from a
+    quarter of the run, as the world's 100 of 400, not the world's 400-step numbers."""
     cfg = _resolved(preset)
-    assert (cfg.nerf.blob_density, cfg.nerf.blob_cap, cfg.train.entropy_weight, cfg.train.tv_weight) == (10, 0, 0, 0)
+    assert (cfg.nerf.blob_density, cfg.nerf.blob_cap, cfg.train.tv_weight, cfg.nerf.normals) == (40, 8, 0, "analytic")
+    assert cfg.train.entropy_weight == [cfg.train.steps // 4, 0, 2000, cfg.train.steps]
     assert cfg.train.steps >= 2000 and cfg.shading.albedo_steps == cfg.train.steps // 5  # threestudio: 2000 of 10000
     assert cfg.train.orientation_weight[3] in (1000, 5000)  # ramped over their own steps, not the world's 400
+
+
+@pytest.mark.parametrize("preset", ["sd21-coco153", "if-coco153"])
+def test_the_rehearsal_is_the_gpu_preset_with_the_world_prior_and_a_fifth_of_the_steps(preset):
+    """configs/rehearsal-sd.yaml proves a GPU preset's recipe: the same field, init, render, background, shading and
+    regulariser weights, every step count scaled with the run (2,000 of 10,000 steps)."""
+    gpu, reh = _resolved(preset).to_dict(), _resolved("rehearsal-sd").to_dict()
+    r = reh["train"]["steps"] / gpu["train"]["steps"]
+    assert r == 0.2
+
+    def steps(v):  # a Scheduled value: the same weights, its steps scaled with the run
+        return [round(v[0] * r), v[1], v[2], round(v[3] * r)] if isinstance(v, list) else v
+
+    assert reh["nerf"] == {**gpu["nerf"], "unlock_steps": [round(s * r) for s in gpu["nerf"]["unlock_steps"]]}
+    assert reh["render"] == gpu["render"]
+    assert reh["shading"] == {**gpu["shading"], "albedo_steps": round(gpu["shading"]["albedo_steps"] * r)}
+    same = ("batch_views", "lr", "background_lr", "final_lr_ratio", "weight_decay", "sds_reduction")
+    scheduled = [k for k, v in gpu["train"].items() if k.endswith("_weight")]
+    assert {"orientation_weight", "opacity_weight", "entropy_weight", "tv_weight"} <= set(scheduled)
+    assert {k: reh["train"][k] for k in same} == {k: gpu["train"][k] for k in same}
+    assert {k: reh["train"][k] for k in scheduled} == {k: steps(gpu["train"][k]) for k in scheduled}
+    assert reh["train"]["warmup_steps"] == round(gpu["train"]["warmup_steps"] * r)
 
 
 def test_the_cpu_rehearsal_is_the_rehearsal_at_32x32_with_regularisers_scaled_by_the_pixel_count():

@@ -1,12 +1,13 @@
 """The paper-shaped rehearsal (configs/rehearsal-sd.yaml): the SD preset's field, 64×64 renders, background, shading
 and regularisers, trained with the world prior on 3 prompts through the workflow, must meet the default run's
-geometry bars. It needs a CUDA device: on 2 CPU cores a step costs 12.8 s, about 7 h an object
+geometry bars. It needs a CUDA device: on 2 CPU cores the field alone costs 6.7 s a step, about 4 h an object
 (benchmarks/RESULTS.md). Run: pytest -m gpu tests/test_rehearsal.py
 
-Status (issue #16): with the white-only prior it failed on an H200 (mean IoU 0.42, fog 46 %: sphere 0.83 / 4 %, cube
-0.25 / 65 %, pyramid 0.18 / 70 %). The preset now uses the background-agnostic prior (world.background: any), which
-on the world's 32×32 path removes the fog random backgrounds cause; it has not run on a GPU since, so this test is
-the measurement, not a known pass."""
+Status (issue #16): threestudio's init with a white-only prior failed on an H200 (mean IoU 0.42, fog 46 %: sphere
+0.83 / 4 %, cube 0.25 / 65 %, pyramid 0.18 / 70 %). The preset now has the background-agnostic prior (world.background:
+any), the world's capped blob of 40, binary opacity and analytic normals, chosen on the CPU proxy
+(configs/overlays/rehearsal-cpu.yaml: IoU 0.584, fog 2.4 % against 0.359 / 21 % for the old init). It has not run at
+64×64, so this test is the measurement, not a known pass."""
 
 import json
 
