@@ -42,7 +42,7 @@ from pipeline.guidance import Guidance, build_guidance
 from pipeline.guidance.prompting import ViewPrompter
 from pipeline.io import atomic_write, atomic_write_json, remove_stale_temps
 from pipeline.nerf.cameras import orbit_cameras, sample_cameras
-from pipeline.nerf.field import build_field
+from pipeline.nerf.field import build_field, require_analytic_normals
 from pipeline.nerf.renderer import Background, Shading, render, sample_shading
 from pipeline.prompts import PromptFileError, read_prompts_json
 from pipeline.sds import TimestepSchedule, sds
@@ -444,6 +444,8 @@ def train(
         return restored
     guidance = guidance or build_guidance(cfg, device)
     model = initial_model(cfg, seed).to(device)
+    if cfg.nerf.normals == "analytic":
+        require_analytic_normals(device)
     groups = [{"params": list(model.field.parameters()), "lr_scale": 1.0}]
     if list(model.background.parameters()):
         groups.append({"params": list(model.background.parameters()), "lr_scale": cfg.train.background_lr})

@@ -452,3 +452,34 @@ def test_density_scale_multiplies_the_density_channel_only():
     with torch.no_grad():
         g.grid[0, 0] = axis.view(1, 1, 6).expand(6, 6, 6)  # x: slope 1, scaled to 0.5
     assert g.eikonal().item() == pytest.approx(0.25, abs=1e-6)
+
+
+def test_analytic_normals_check_passes_here_and_names_the_fix_where_torch_lacks_the_double_backward(monkeypatch):
+    import torch.nn.functional as F
+    from torch.autograd.function import once_differentiable
+
+    from pipeline.nerf.field import require_analytic_normals
+
+    require_analytic_normals(torch.device("cpu"))  # the pinned torch has it
+
+    real = F.grid_sample
+
+    class OnceDifferentiable(torch.autograd.Function):  # a grid_sample whose backward cannot be differentiated
+        @staticmethod
+        def forward(ctx, volume, grid):
+            ctx.save_for_backward(volume, grid)
+            return real(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, g):
+            volume, grid = ctx.saved_tensors
+            with torch.enable_grad():
+                v, p = volume.detach().requires_grad_(), grid.detach().requires_grad_()
+                out = real(v, p, mode="bilinear", padding_mode="zeros", align_corners=True)
+                return torch.autograd.grad(out, (v, p), g)
+
+    monkeypatch.setattr(F, "grid_sample", lambda volume, grid, **_: OnceDifferentiable.apply(volume, grid))
+    with pytest.raises(ValueError, match=r"nerf.normals: analytic needs the double backward of grid_sample") as e:
+        require_analytic_normals(torch.device("cpu"))
+    assert "Set nerf.normals: finite_difference" in str(e.value) and torch.__version__ in str(e.value)

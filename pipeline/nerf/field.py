@@ -50,6 +50,24 @@ class Field(nn.Module):
         return sigma.detach(), albedo.detach(), grad.detach()
 
 
+def require_analytic_normals(device: torch.device) -> None:
+    """`nerf.normals: analytic` takes a loss on ∇σ back through `grid_sample` (a double backward), which older torch
+    builds lack on some devices. Try it once on a 2³ grid before training, and fail with the fix instead of at step 0
+    with autograd's message."""
+    grid = torch.zeros(1, 1, 2, 2, 2, device=device, requires_grad=True)
+    pts = torch.zeros(1, 1, 1, 1, 3, device=device, requires_grad=True)
+    out = F.grid_sample(grid, pts, mode="bilinear", padding_mode="zeros", align_corners=True)
+    (grad,) = torch.autograd.grad(out.sum(), pts, create_graph=True)
+    try:
+        grad.sum().backward()
+    except (RuntimeError, NotImplementedError) as e:
+        raise ValueError(
+            f"nerf.normals: analytic needs the double backward of grid_sample, which torch {torch.__version__} on "
+            f"{device.type} does not have ({e}). Set nerf.normals: finite_difference (README, Paper setups: Normals) "
+            "or use the torch this project pins (pyproject.toml)."
+        ) from e
+
+
 def blob(pts: Tensor, kind: str, strength: float, radius: float, cap: float = 0.0) -> Tensor:
     """Density blob added to the pre-activation density at init: gaussian λ·exp(−‖μ‖²/2σ²) or linear λ(1 − ‖μ‖/σ),
     clamped from above at `cap` (0: no cap)."""
