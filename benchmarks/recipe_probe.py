@@ -5,7 +5,10 @@ config's CLIP, the 36 captions of the world).
 A development tool for choosing recipe defaults before running a preset through the workflow (which adds meshes,
 Chamfer, normals, silhouettes, paired CIs). Same training, views and evaluation code, same bank, same seeds.
 
-    python benchmarks/recipe_probe.py --set train.opacity_weight=0.01 --set nerf.field=pyramid [--jobs 2]
+    python benchmarks/recipe_probe.py --set train.opacity_weight=0.01 --set nerf.field=pyramid [--jobs 2] \
+        [--sheet probe.png]
+
+Each object's sheet (colour views above textureless ones) is kept beside its model; `--sheet` stacks them.
 """
 
 from __future__ import annotations
@@ -88,6 +91,20 @@ def shape_scores(cfg: cfgmod.Config, model, text: str) -> dict[str, float]:
     return out
 
 
+def stack_sheets(sheets: list[Path], path: Path) -> None:
+    """Per-object sheets (same view size) one above the other, in the order given, as one PNG."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from pipeline.views import _png
+
+    images = [iio.imread(s)[..., :3] for s in sheets]
+    width = max(i.shape[1] for i in images)
+    rows = [np.pad(i, ((0, 0), (0, width - i.shape[1]), (0, 0)), constant_values=255) for i in images]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _png(path, np.concatenate(rows))
+
+
 def _one(args: tuple[dict, str, int, str]) -> dict:
     data, text, seed, bank = args
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -113,7 +130,7 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     scores = shape_scores(cfg, model, text)
     from pipeline.evaluate import MODES, ClipScorer, evaluate
     from pipeline.nerf.cameras import orbit_cameras
-    from pipeline.views import eval_azimuths, render_views
+    from pipeline.views import _grid, _png, eval_azimuths, render_views
 
     cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths)).to(device)
     with torch.no_grad():
@@ -123,7 +140,9 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     result = evaluate([obj], CAPTIONS, scorers, cfg.evaluate.combine, world=True)
     colour, geo = result["objects"]
     scores.update(colour=colour["score"], shape_hit=geo["shape_score"])
-    return {"prompt": text, "seed": seed, **scores, "seconds": round(time.time() - t0, 1)}
+    sheet = out / "sheet.png"  # the views stage's sheet: a row of colour, a row of textureless views
+    _png(sheet, _grid([views[m] for m in MODES.values()], nrow=len(cams)))
+    return {"prompt": text, "seed": seed, **scores, "sheet": str(sheet), "seconds": round(time.time() - t0, 1)}
 
 
 def main() -> None:
@@ -137,6 +156,7 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="*", default=None, help="captions (default: params.yaml's selection)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--sheet", type=Path, help="write the objects' sheets, one above the other, to this PNG")
     args = ap.parse_args()
     data = probe_settings(args.config, args.set)
     cfg = cfgmod.from_dict(data)
@@ -155,6 +175,9 @@ def main() -> None:
             f"iou@scale {r['iou_scaled']:.3f} ({r['scale']:.2f})  "
             f"colour {r['colour']:.3f}  shape {r['shape_hit']:.3f}  ({r['seconds']} s)"
         )
+    if args.sheet:
+        stack_sheets([Path(r["sheet"]) for r in rows], args.sheet)
+        print(f"sheet: {args.sheet}")
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("iou", "fog", "iou_scaled", "colour", "shape_hit")}
     print(json.dumps({"set": args.set, "digest": cfg.digest(), **{k: round(v, 4) for k, v in mean.items()}}))
 

@@ -1,0 +1,33 @@
+"""benchmarks/recipe_probe.py, the development probe the GPU session (benchmarks/gpu_session.sh) runs: its settings
+are the workflow's (params.yaml, presets merged in order, then --set), and its sheet stacks the objects' sheets."""
+
+import imageio.v3 as iio
+import numpy as np
+import yaml
+
+from benchmarks.recipe_probe import ROOT, probe_settings, stack_sheets
+
+
+def test_presets_merge_in_order_then_the_overrides_win():
+    data = probe_settings(
+        ["configs/rehearsal-sd.yaml", "configs/overlays/rehearsal-cpu.yaml"], ["train.steps=7", "nerf.blob_cap=0"]
+    )
+    overlay = yaml.safe_load((ROOT / "configs/overlays/rehearsal-cpu.yaml").read_text())
+    assert data["train"]["steps"] == 7 and data["nerf"]["blob_cap"] == 0
+    assert data["render"]["resolution"] == overlay["render"]["resolution"] == 32  # the overlay over the rehearsal
+    assert data["render"]["background"] == "mlp"  # the rehearsal's key the overlay leaves alone
+    assert data["nerf"]["unlock_steps"] == overlay["nerf"]["unlock_steps"]
+    assert data["tracking"] == {"enabled": False}
+
+
+def test_sheets_stack_top_to_bottom_padded_white_on_the_right(tmp_path):
+    a = np.zeros((4, 6, 3), np.uint8)
+    b = np.full((2, 3, 4), 100, np.uint8)  # narrower, with an alpha channel
+    iio.imwrite(tmp_path / "a.png", a)
+    iio.imwrite(tmp_path / "b.png", b)
+    stack_sheets([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out" / "both.png")
+    got = iio.imread(tmp_path / "out" / "both.png")
+    assert got.shape == (6, 6, 3)
+    assert (got[:4] == 0).all()
+    assert (got[4:, :3] == 100).all() and (got[4:, 3:] == 255).all()
+    assert not list((tmp_path / "out").glob("*.tmp*"))
