@@ -72,23 +72,14 @@ def world_bank(cfg: cfgmod.Config) -> Path:
     return bank
 
 
-def shape_scores(cfg: cfgmod.Config, model, text: str) -> dict[str, float]:
-    """iou, fog, iou_scaled and scale of a trained model against its caption's primitive (pipeline.geometry, on the
-    mesh stage's grid and iso-level)."""
-    import torch
+def shape_scores(cfg: cfgmod.Config, model, text: str, seed: int = 0) -> dict[str, float]:
+    """iou, fog, iou_scaled, scale, init_iou and iou_gain of a trained model against its caption's primitive
+    (`pipeline.geometry.field_scores`: the workflow's grid, iso-level and init)."""
+    from pipeline.geometry import field_scores
+    from pipeline.world.scenes import parse_caption
 
-    from pipeline.geometry import GRID, grid_points, scale_aligned_iou, volume_scores
-    from pipeline.mesh import default_threshold, density_grid
-    from pipeline.world.scenes import parse_caption, sdf
-
-    device = next(model.field.parameters()).device
-    sigma = torch.from_numpy(density_grid(model.field, GRID, device)).reshape(-1)
-    shape = parse_caption(text)[1]
-    points = grid_points(cfg.nerf.bound)
-    threshold = cfg.mesh.threshold or default_threshold(cfg)
-    out = volume_scores(sigma, sdf(shape, points), threshold)
-    out["iou_scaled"], out["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
-    return out
+    out = field_scores(model.field, cfg, parse_caption(text)[1], seed)
+    return {k: out[k] for k in ("iou", "fog", "iou_scaled", "scale", "init_iou", "iou_gain")}
 
 
 def stack_sheets(sheets: list[Path], path: Path) -> None:
@@ -127,7 +118,7 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
         train(cfg, text, text, seed, out, guidance)
     model, _, _ = load_model(out / "model.safetensors", device)
     assert isinstance(model, Model)
-    scores = shape_scores(cfg, model, text)
+    scores = shape_scores(cfg, model, text, seed)
     from pipeline.evaluate import MODES, ClipScorer, evaluate
     from pipeline.nerf.cameras import orbit_cameras
     from pipeline.views import _grid, _png, eval_azimuths, render_views
@@ -171,14 +162,16 @@ def main() -> None:
         rows = list(pool.map(_one, jobs))
     for r in rows:
         print(
-            f"{r['prompt']:<22} seed {r['seed']}  iou {r['iou']:.3f}  fog {r['fog']:.3f}  "
+            f"{r['prompt']:<22} seed {r['seed']}  iou {r['iou']:.3f} (init {r['init_iou']:.3f})  fog {r['fog']:.3f}  "
             f"iou@scale {r['iou_scaled']:.3f} ({r['scale']:.2f})  "
             f"colour {r['colour']:.3f}  shape {r['shape_hit']:.3f}  ({r['seconds']} s)"
         )
     if args.sheet:
         stack_sheets([Path(r["sheet"]) for r in rows], args.sheet)
         print(f"sheet: {args.sheet}")
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("iou", "fog", "iou_scaled", "colour", "shape_hit")}
+    mean = {
+        k: sum(r[k] for r in rows) / len(rows) for k in ("iou", "fog", "iou_scaled", "iou_gain", "colour", "shape_hit")
+    }
     print(json.dumps({"set": args.set, "digest": cfg.digest(), **{k: round(v, 4) for k, v in mean.items()}}))
 
 

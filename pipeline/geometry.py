@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline.config import Config
 from pipeline.io import atomic_write_json
 from pipeline.metrics import GEOMETRY as METRICS
 
@@ -159,33 +160,44 @@ def silhouette_iou(opacity: Tensor, true_opacity: Tensor) -> float:
     return float(np.mean([mask_iou(x, y) for x, y in zip(a, b, strict=True)]))
 
 
+def field_scores(field: torch.nn.Module, cfg: Config, shape: str, seed: int) -> dict[str, Any]:
+    """The field's volume measures against primitive `shape` on the mesh stage's grid and iso-level: iou, fog,
+    iou_scaled and scale, and the init's (`pipeline.train.initial_model` of `seed`) init_iou, init_fog and iou_gain."""
+    from pipeline.mesh import default_threshold, density_grid
+    from pipeline.train import initial_model
+    from pipeline.world.scenes import sdf
+
+    device = next(field.parameters()).device
+    threshold = cfg.mesh.threshold or default_threshold(cfg)
+    sigma = torch.from_numpy(density_grid(field, GRID, device)).reshape(-1)
+    points = grid_points(cfg.nerf.bound)
+    true_sdf = sdf(shape, points)
+    out: dict[str, Any] = volume_scores(sigma, true_sdf, threshold)
+    out.update(shape=shape, threshold=threshold, grid=GRID, fog_margin=FOG_MARGIN)
+    out["iou_scaled"], out["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
+    init = initial_model(cfg, seed).field
+    init_sigma = torch.from_numpy(density_grid(init, GRID, torch.device("cpu"))).reshape(-1)
+    init_scores = volume_scores(init_sigma, true_sdf, threshold)
+    out.update(init_iou=init_scores["iou"], init_fog=init_scores["fog"], iou_gain=out["iou"] - init_scores["iou"])
+    return out
+
+
 def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[str, Any]:
     """Every measure for one trained world object (see the module docstring)."""
-    from pipeline.mesh import default_threshold, density_grid
     from pipeline.nerf.cameras import orbit_cameras
     from pipeline.nerf.renderer import Background, Shading, render_chunked
-    from pipeline.train import initial_model, load_model
-    from pipeline.world.scenes import PrimitiveField, parse_caption, sdf
+    from pipeline.train import load_model
+    from pipeline.world.scenes import PrimitiveField, parse_caption
 
     model, cfg, ident = load_model(model_path)
     try:
         _, shape = parse_caption(ident["prompt"])
     except ValueError as exc:
         raise GeometryError(f"{model_path}: {exc}; geometry is measured on the bundled world only") from None
-    threshold = cfg.mesh.threshold or default_threshold(cfg)
-    sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)
-    points = grid_points(cfg.nerf.bound)
-    true_sdf = sdf(shape, points)
     try:
-        out: dict[str, Any] = volume_scores(sigma, true_sdf, threshold)
+        out: dict[str, Any] = field_scores(model.field, cfg, shape, int(ident["seed"]))
     except GeometryError as exc:
         raise GeometryError(f"{model_path}: {exc}") from None
-    out.update(shape=shape, threshold=threshold, grid=GRID, fog_margin=FOG_MARGIN)
-    out["iou_scaled"], out["scale"] = scale_aligned_iou(sigma, lambda p: sdf(shape, p), points, threshold)
-    init = initial_model(cfg, int(ident["seed"])).field
-    init_sigma = torch.from_numpy(density_grid(init, GRID, torch.device("cpu"))).reshape(-1)
-    init_scores = volume_scores(init_sigma, true_sdf, threshold)
-    out.update(init_iou=init_scores["iou"], init_fog=init_scores["fog"], iou_gain=out["iou"] - init_scores["iou"])
 
     import open3d as o3d
 

@@ -3,6 +3,7 @@ are the workflow's (params.yaml, presets merged in order, then --set), and its s
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 import yaml
 
 from benchmarks.recipe_probe import ROOT, probe_settings, stack_sheets
@@ -31,3 +32,14 @@ def test_sheets_stack_top_to_bottom_padded_white_on_the_right(tmp_path):
     assert (got[:4] == 0).all()
     assert (got[4:, :3] == 100).all() and (got[4:, 3:] == 255).all()
     assert not list((tmp_path / "out").glob("*.tmp*"))
+
+
+def test_an_untrained_object_scores_its_init_and_gains_nothing():
+    from benchmarks.recipe_probe import shape_scores
+    from pipeline.config import from_dict
+    from pipeline.train import initial_model
+
+    cfg = from_dict(probe_settings(None, []))
+    got = shape_scores(cfg, initial_model(cfg, 3), "an orange pyramid.", seed=3)
+    assert got["iou"] == got["init_iou"] and got["iou_gain"] == 0.0
+    assert got["iou"] == pytest.approx(0.4185, abs=1e-4)  # the capped blob in a pyramid (RESULTS.md, session 8)

@@ -7,7 +7,9 @@ Status (issue #16): threestudio's init with a white-only prior failed on an H200
 0.83 / 4 %, cube 0.25 / 65 %, pyramid 0.18 / 70 %). The preset now has the background-agnostic prior (world.background:
 any), the world's capped blob of 40, binary opacity and analytic normals, chosen on the CPU proxy
 (configs/overlays/rehearsal-cpu.yaml: IoU 0.584, fog 2.4 % against 0.359 / 21 % for the old init). It has not run at
-64×64, so this test is the measurement, not a known pass."""
+64×64, so this test is the measurement, not a known pass. On 2 of its 3 prompts the init's ball is most of the bar
+(its mean IoU is 0.636), so the test also asks that training add to it; on the proxy, row C's 0.584 is a loss of
+0.052 (the sphere shrinks from 0.810 to 0.507)."""
 
 import json
 
@@ -25,7 +27,9 @@ def test_the_paper_shaped_recipe_makes_objects_not_fog(workdir):
     files = sorted((workdir / "results/primitives/world-w10-uniform-rehearsal-sd").glob("*/seed0/geometry.json"))
     assert len(files) == 3
     got = [json.loads(f.read_text()) for f in files]
-    iou = sum(g["iou"] for g in got) / len(got)
-    fog = sum(g["fog"] for g in got) / len(got)
-    per_object = {f.parent.parent.name: (g["iou"], g["fog"]) for f, g in zip(files, got, strict=True)}
+    iou, fog, gain = (sum(g[k] for g in got) / len(got) for k in ("iou", "fog", "iou_gain"))
+    per_object = {f.parent.parent.name: (g["iou"], g["fog"], g["iou_gain"]) for f, g in zip(files, got, strict=True)}
     assert iou >= 0.6 and fog <= 0.1, per_object
+    # the untrained ball already scores 0.636 on these prompts (sphere 0.810, cube 0.681, pyramid 0.418): the bar
+    # means something only if training, not the init, earns it
+    assert gain > 0, per_object
