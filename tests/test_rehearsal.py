@@ -8,8 +8,8 @@ Status (issue #16): threestudio's init with a white-only prior failed on an H200
 any), the world's capped blob of 40, binary opacity and analytic normals, chosen on the CPU proxy
 (configs/overlays/rehearsal-cpu.yaml: IoU 0.584, fog 2.4 % against 0.359 / 21 % for the old init). It has not run at
 64×64, so this test is the measurement, not a known pass. On 2 of its 3 prompts the init's ball is most of the bar
-(its mean IoU is 0.636), so the test also asks that training add to it; on the proxy, row C's 0.584 is a loss of
-0.052 (the sphere shrinks from 0.810 to 0.507)."""
+(its mean IoU is 0.636), so the test also asks that training add to it; on the proxy the recipe reads 0.600 over
+two seeds, a loss of 0.035 (the sphere shrinks from 0.81 to 0.51-0.59; benchmarks/RESULTS.md, session 12)."""
 
 import json
 
