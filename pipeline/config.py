@@ -258,14 +258,14 @@ class TrainConfig:
     """Weight of the depth variance along the rays with opacity > 0.5 (HiFA's z-variance loss, as threestudio applies
     it): concentrates each ray's weight in a thin shell, so surfaces become sharp instead of a soft density ramp."""
     tv_weight: Scheduled = 0.0
-    """Total variation (mean squared neighbour difference) of the pre-activation density of the finest grid."""
+    """Total variation (mean squared neighbour difference) of the pre-activation density on the finest grid's nodes
+    (with an MLP, its density output there)."""
     eikonal_weight: Scheduled = 0.0
     """Eikonal term mean((‖∇z‖ − 1)²) over the finest grid's nodes, z the pre-activation with the blob (central
-    differences): keeps an `sdf` field's z a signed distance. Direct grids only (`nerf.mlp_hidden: 0`)."""
+    differences; with an MLP, its density output there): keeps an `sdf` field's z a signed distance."""
     curvature_weight: Scheduled = 0.0
     """Curvature term mean((Δz)²) over the finest grid's nodes within `curvature_band` of the surface (7-point
-    Laplacian; twice the mean curvature of a distance): smooths an `sdf` field's crumpled surfaces. Direct grids
-    only."""
+    Laplacian; twice the mean curvature of a distance): smooths an `sdf` field's crumpled surfaces."""
     curvature_band: float = field(default=0.1, metadata=_range(0.0, lo_open=True))
     """Nodes with |z| below this (world units) enter the curvature term."""
     sds_reduction: Literal["mean", "sum"] = "mean"
@@ -620,12 +620,6 @@ def _check_semantics(cfg: Config, src: str) -> None:
             f"one: set nerf.blob_density equal to nerf.blob_radius ({n.blob_radius}, got {n.blob_density}) and "
             f"nerf.blob_cap: 0 (got {n.blob_cap})"
         )
-    for key in ("eikonal_weight", "curvature_weight"):
-        if n.mlp_hidden and getattr(cfg.train, key) != 0:
-            raise ConfigError(
-                f"{src}: train.{key} is taken on the grid's nodes and needs a direct grid: set nerf.mlp_hidden: 0 "
-                f"or train.{key}: 0"
-            )
     if cfg.nerf.mlp_hidden == 0 and cfg.nerf.features != 4:
         raise ConfigError(f"{src}: nerf.features must be 4 when nerf.mlp_hidden is 0, got {cfg.nerf.features}")
     if cfg.study and (not SAFE_NAME.fullmatch(cfg.study) or ".." in cfg.study):

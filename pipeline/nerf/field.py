@@ -131,9 +131,18 @@ class GridField(Field):
         """Distance between neighbouring nodes of the finest volume."""
         return 2 * self.bound / (self.resolution - 1)
 
+    def _node_channel(self) -> Tensor:
+        """The trainable part of the pre-activation density on the finest volume's nodes [1, 1, R, R, R]: the density
+        channel of the grid(s), or with an MLP the decoder's density output at each node (the nodes' features are
+        the levels' trilinear lookups there, which is what `_raw` upsamples to)."""
+        raw = self._raw()
+        if self.mlp is None:
+            return raw[:, :1]
+        return self.mlp(raw[0].permute(1, 2, 3, 0))[None, None, ..., 0]
+
     def _node_distance(self) -> Tensor:
         """The pre-activation density z on the finest volume's nodes [R, R, R] (a distance for an `sdf` field)."""
-        return self._pre_density(self._raw()[:, :1])[0, 0]
+        return self._pre_density(self._node_channel())[0, 0]
 
     def _pre_density(self, channel: Tensor) -> Tensor:
         """The pre-activation density volume from the grid's density channel [1, 1, R, R, R]: scaled, plus the blob
@@ -167,9 +176,9 @@ class GridField(Field):
         return torch.cat(parts, dim=1)
 
     def total_variation(self) -> Tensor:
-        """Mean squared difference of neighbouring pre-activation densities of the finest volume (a smoothness
-        prior on the density; the albedo is left free)."""
-        d = self._raw()[0, 0]
+        """Mean squared difference of neighbouring pre-activation densities (the trainable part, `_node_channel`) of
+        the finest volume (a smoothness prior on the density; the albedo is left free)."""
+        d = self._node_channel()[0, 0]
         return (
             ((d[1:] - d[:-1]) ** 2).mean()
             + ((d[:, 1:] - d[:, :-1]) ** 2).mean()
