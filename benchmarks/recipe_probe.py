@@ -144,7 +144,7 @@ def main() -> None:
         help="a preset merged over params.yaml as `--configfile` does (e.g. configs/x.yaml); repeat to stack overlays",
     )
     ap.add_argument("--set", action="append", default=[], help="dotted.key=value (YAML value)")
-    ap.add_argument("--prompts", nargs="*", default=None, help="captions (default: params.yaml's selection)")
+    ap.add_argument("--prompts", nargs="*", default=None, help="captions (default: the merged config's prompts.select)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--sheet", type=Path, help="write the objects' sheets, one above the other, to this PNG")

