@@ -22,11 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import Config
-from pipeline.geometry import silhouette_iou
+from pipeline.geometry import render_opacity, silhouette_iou
 from pipeline.nerf.cameras import orbit_cameras
-from pipeline.nerf.renderer import Background, Shading, render_chunked
 from pipeline.train import load_model
-from pipeline.world.scenes import PrimitiveField, parse_caption
+from pipeline.world.scenes import parse_caption
 
 
 def silhouette_measures(
@@ -35,13 +34,7 @@ def silhouette_measures(
     """sil_iou, scale (linear, from the mask areas), soft (soft-edged pixels a view) and true_soft of `field`
     against primitive `shape`, both rendered from the evaluation cameras of `cfg`."""
     cams = orbit_cameras(cfg.camera, [i * 360.0 / views for i in range(views)])
-
-    def opacity(f: torch.nn.Module) -> torch.Tensor:
-        with torch.no_grad():
-            shading = Shading.lit(len(cams), cfg.shading)
-            return render_chunked(f, cams, resolution, samples, shading, Background(cfg.render), chunk=2).opacity
-
-    got, true = opacity(field), opacity(PrimitiveField(shape, bound=cfg.nerf.bound))
+    got, true = (render_opacity(f, cfg, shape, cams, resolution, samples) for f in (field, None))
     area = (got > 0.5).float().sum() / (true > 0.5).float().sum().clamp(min=1)
 
     def soft(o: torch.Tensor) -> float:

@@ -160,6 +160,28 @@ def silhouette_iou(opacity: Tensor, true_opacity: Tensor) -> float:
     return float(np.mean([mask_iou(x, y) for x, y in zip(a, b, strict=True)]))
 
 
+def render_opacity(
+    field: torch.nn.Module | None, cfg: Config, shape: str, cams: Any, resolution: int, samples: int
+) -> Tensor:
+    """Opacity [N, 1, H, W] of `field` (None: primitive `shape`, the truth) from `cams`, lit as the views stage
+    renders, without gradients."""
+    from pipeline.nerf.renderer import Background, Shading, render_chunked
+    from pipeline.world.scenes import PrimitiveField
+
+    field = field if field is not None else PrimitiveField(shape, bound=cfg.nerf.bound)
+    with torch.no_grad():
+        return render_chunked(
+            field,
+            cams,
+            resolution,
+            samples,
+            Shading.lit(len(cams), cfg.shading),
+            Background(cfg.render),
+            chunk=2,
+            normal_eps=cfg.render.normal_eps,
+        ).opacity
+
+
 def field_scores(field: torch.nn.Module, cfg: Config, shape: str, seed: int) -> dict[str, Any]:
     """The field's volume measures against primitive `shape` on the mesh stage's grid and iso-level: iou, fog,
     iou_scaled and scale, and the init's (`pipeline.train.initial_model` of `seed`) init_iou, init_fog and iou_gain."""
@@ -185,9 +207,8 @@ def field_scores(field: torch.nn.Module, cfg: Config, shape: str, seed: int) -> 
 def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[str, Any]:
     """Every measure for one trained world object (see the module docstring)."""
     from pipeline.nerf.cameras import orbit_cameras
-    from pipeline.nerf.renderer import Background, Shading, render_chunked
     from pipeline.train import load_model
-    from pipeline.world.scenes import PrimitiveField, parse_caption
+    from pipeline.world.scenes import parse_caption
 
     model, cfg, ident = load_model(model_path)
     try:
@@ -211,18 +232,8 @@ def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[st
 
     with np.load(views_path) as z:
         opacity, azimuths = torch.from_numpy(z["opacity"]), [float(a) for a in z["azimuths"]]
-    cams = orbit_cameras(cfg.camera, azimuths)
-    truth = render_chunked(
-        PrimitiveField(shape, bound=cfg.nerf.bound),
-        cams,
-        opacity.shape[-1],
-        cfg.views.samples,
-        Shading.lit(len(cams), cfg.shading),
-        Background(cfg.render),
-        chunk=2,
-        normal_eps=cfg.render.normal_eps,
-    )
-    out["silhouette_iou"] = silhouette_iou(opacity, truth.opacity)
+    truth = render_opacity(None, cfg, shape, orbit_cameras(cfg.camera, azimuths), opacity.shape[-1], cfg.views.samples)
+    out["silhouette_iou"] = silhouette_iou(opacity, truth)
     for k in METRICS:
         if out[k] is not None and not math.isfinite(out[k]):
             raise GeometryError(f"{model_path}: {k} is not finite")
