@@ -9,6 +9,9 @@ Chamfer, normals, silhouettes, paired CIs). Same training, views and evaluation 
         [--sheet probe.png]
 
 Each object's sheet (colour views above textureless ones) is kept beside its model; `--sheet` stacks them.
+`--score-at 500 1000` also scores each object part-way (training stops there with a checkpoint, is scored, and resumes
+exactly), printing a line as each stage ends: a run cut short by a time limit still says where it had got to and how
+fast (the GPU session, benchmarks/gpu_session.sh, relies on it).
 """
 
 from __future__ import annotations
@@ -96,8 +99,21 @@ def stack_sheets(sheets: list[Path], path: Path) -> None:
     _png(path, np.concatenate(rows))
 
 
-def _one(args: tuple[dict, str, int, str]) -> dict:
-    data, text, seed, bank = args
+def _line(r: dict) -> str:
+    """One object's scores as the probe prints them (a part-way stage names its step; a finished one adds the CLIP
+    scores)."""
+    head = f"{r['prompt']:<22} seed {r['seed']}" + (f"  step {r['step']}" if "step" in r else "")
+    line = (
+        f"{head}  iou {r['iou']:.3f} (init {r['init_iou']:.3f})  fog {r['fog']:.3f}  "
+        f"iou@scale {r['iou_scaled']:.3f} ({r['scale']:.2f})"
+    )
+    if "colour" in r:
+        line += f"  colour {r['colour']:.3f}  shape {r['shape_hit']:.3f}"
+    return f"{line}  ({r['seconds']} s)"
+
+
+def _one(args: tuple[dict, str, int, str, list[int]]) -> dict:
+    data, text, seed, bank, score_at = args
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
@@ -109,12 +125,21 @@ def _one(args: tuple[dict, str, int, str]) -> dict:
     tree = Path(__file__).resolve().parents[1].name
     out = Path(f"/tmp/recipe-probe/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}")
     t0 = time.time()
-    from pipeline.train import Model, load_model, pick_device, train
+    from pipeline.train import Model, checkpoint_model, checkpoint_step, load_model, pick_device, train
 
     device = pick_device(cfg)
     guidance = build_guidance(cfg, device, bank)
 
     if not (out / "model.safetensors").exists():
+        for stage in sorted(k for k in set(score_at) if 0 < k < cfg.train.steps):
+            if (checkpoint_step(out / "checkpoint") or 0) < stage:
+                train(cfg, text, text, seed, out, guidance, stop_after=stage)
+            part, step = checkpoint_model(cfg, out, text, text, seed)
+            scores = shape_scores(cfg, part.to(device), text, seed)
+            print(
+                _line({"prompt": text, "seed": seed, "step": step, **scores, "seconds": round(time.time() - t0, 1)}),
+                flush=True,
+            )
         train(cfg, text, text, seed, out, guidance)
     model, _, _ = load_model(out / "model.safetensors", device)
     assert isinstance(model, Model)
@@ -148,6 +173,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--sheet", type=Path, help="write the objects' sheets, one above the other, to this PNG")
+    ap.add_argument("--score-at", type=int, nargs="*", default=[], help="also score each object at these steps")
     args = ap.parse_args()
     data = probe_settings(args.config, args.set)
     cfg = cfgmod.from_dict(data)
@@ -155,17 +181,13 @@ def main() -> None:
 
     bank = world_bank(cfg)
     prompts = [normalize(p) for p in (args.prompts or cfg.prompts.select)]
-    jobs = [(data, p, s, str(bank)) for p in prompts for s in args.seeds]
+    jobs = [(data, p, s, str(bank), args.score_at) for p in prompts for s in args.seeds]
     import multiprocessing
 
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(_one, jobs))
     for r in rows:
-        print(
-            f"{r['prompt']:<22} seed {r['seed']}  iou {r['iou']:.3f} (init {r['init_iou']:.3f})  fog {r['fog']:.3f}  "
-            f"iou@scale {r['iou_scaled']:.3f} ({r['scale']:.2f})  "
-            f"colour {r['colour']:.3f}  shape {r['shape_hit']:.3f}  ({r['seconds']} s)"
-        )
+        print(_line(r))
     if args.sheet:
         stack_sheets([Path(r["sheet"]) for r in rows], args.sheet)
         print(f"sheet: {args.sheet}")

@@ -406,6 +406,35 @@ def preview(model: Model, cfg: Config, device: torch.device) -> Tensor:
         ).rgb.cpu()
 
 
+def optimizer(cfg: Config, model: Model) -> torch.optim.Adam:
+    """Adam over the field (lr) and the background (lr × train.background_lr), as training checkpoints it."""
+    groups = [{"params": list(model.field.parameters()), "lr_scale": 1.0}]
+    if list(model.background.parameters()):
+        groups.append({"params": list(model.background.parameters()), "lr_scale": cfg.train.background_lr})
+    return torch.optim.Adam(
+        groups,
+        lr=cfg.train.lr,
+        betas=(0.9, 0.99),
+        eps=1e-15,
+        weight_decay=cfg.train.weight_decay,
+        foreach=False,
+    )
+
+
+def checkpoint_model(cfg: Config, out: str | Path, prompt_id: str, text: str, seed: int) -> tuple[Model, int]:
+    """The model of an unfinished run as its checkpoint in out/checkpoint holds it, and the step it reached; the
+    field is set to that step (the levels training had unlocked), as its renders looked then. The checkpoint is
+    validated as a resume would (same config, prompt and seed). For scoring a run part-way (recipe probes)."""
+    model = initial_model(cfg, seed)
+    step = load_checkpoint(
+        Path(out) / "checkpoint", model, optimizer(cfg, model), identity(cfg, prompt_id, text, seed), cfg.train.steps
+    )
+    if step == 0:
+        raise CheckpointError(f"{Path(out) / 'checkpoint'}: no checkpoint to score; train with stop_after first")
+    model.field.set_step(step)
+    return model, step
+
+
 def train(
     cfg: Config,
     prompt_id: str,
@@ -446,17 +475,7 @@ def train(
     model = initial_model(cfg, seed).to(device)
     if cfg.nerf.normals == "analytic":
         require_analytic_normals(device)
-    groups = [{"params": list(model.field.parameters()), "lr_scale": 1.0}]
-    if list(model.background.parameters()):
-        groups.append({"params": list(model.background.parameters()), "lr_scale": cfg.train.background_lr})
-    opt = torch.optim.Adam(
-        groups,
-        lr=cfg.train.lr,
-        betas=(0.9, 0.99),
-        eps=1e-15,
-        weight_decay=cfg.train.weight_decay,
-        foreach=False,
-    )
+    opt = optimizer(cfg, model)
     start = load_checkpoint(ckpt_dir, model, opt, ident, cfg.train.steps)
     schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)
     prompter = ViewPrompter(guidance, text, cfg.guidance)

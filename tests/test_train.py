@@ -5,7 +5,16 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import from_dict
-from pipeline.train import CheckpointMismatch, TrainingDiverged, checkpoint_step, learning_rate, load_model, train
+from pipeline.train import (
+    CheckpointError,
+    CheckpointMismatch,
+    TrainingDiverged,
+    checkpoint_model,
+    checkpoint_step,
+    learning_rate,
+    load_model,
+    train,
+)
 from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
 
 TINY = {
@@ -82,6 +91,25 @@ def test_resume_gives_identical_weights(tmp_path, prior):
     la = (tmp_path / "full/log.jsonl").read_text().splitlines()
     lb = (tmp_path / "cut/log.jsonl").read_text().splitlines()
     assert [json.loads(x)["loss"] for x in la] == [json.loads(x)["loss"] for x in lb]
+
+
+def test_a_run_part_way_is_its_checkpoints_weights_at_its_step(tmp_path, prior):
+    """recipe_probe --score-at scores an unfinished run: the checkpoint's weights, the field at the checkpoint's step
+    (its coarse-to-fine levels as training had them), refused for another run like a resume."""
+    cfg = from_dict({**TINY, "nerf": {**TINY["nerf"], "kind": "pyramid", "unlock_steps": [0, 6]}})
+    with pytest.raises(CheckpointError, match="no checkpoint to score"):
+        checkpoint_model(cfg, tmp_path, "p", "a red cube.", 1)
+    train(cfg, "p", "a red cube.", 1, tmp_path, prior, stop_after=2)
+    model, step = checkpoint_model(cfg, tmp_path, "p", "a red cube.", 1)
+    saved = load_file(str(tmp_path / "checkpoint/checkpoint.safetensors"))
+    got = model.state_dict()
+    assert step == 2 and all(torch.equal(got[k], saved[f"model.{k}"]) for k in got)
+    pts = torch.rand(64, 3) - 0.5
+    locked = model.field.query(pts, 0.01, False)[0]
+    model.field.set_step(None)  # all levels at full weight; at step 2 the middle one had 2/3 (it trained at step 1)
+    assert not torch.equal(locked, model.field.query(pts, 0.01, False)[0])
+    with pytest.raises(CheckpointMismatch, match="different seed"):
+        checkpoint_model(cfg, tmp_path, "p", "a red cube.", 2)
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path, prior):
