@@ -11,7 +11,8 @@
 #   1. the card, torch, and whether analytic normals work there (torch 2.11 on CUDA, the image's in session 14, lacks
 #      grid_sample's double backward: then the preset runs with central differences, about twice the step);
 #   2. the rehearsal's 64x64 bank (300 images a caption; 44 s on an H200);
-#   3. the preset, 3 prompts in 3 processes on the one GPU, scored part-way at 1,000 and 1,500 steps and at the end,
+#   3. the preset, 3 prompts in 3 processes on the one GPU, scored part-way at 500, 1,000 and 1,500 steps and at the
+#      end,
 #      each line printed as it comes, so a run the time limit cuts still reports. One variant only: in session 14 two
 #      variants side by side (6 processes) finished no object in 420 s, and 3 processes none in ~250 s.
 # $OUT gets card.txt, bank.log, preset.log (per object and stage: IoU, fog, size; at the end colour and shape hit, then
@@ -38,4 +39,4 @@ print(world_bank(from_dict(probe_settings('configs/rehearsal-sd.yaml', []))))" >
 
 # the preset's 3 prompts; whatever the limit leaves is in preset.log already
 timeout 480 python3 benchmarks/recipe_probe.py --config configs/rehearsal-sd.yaml "${normals[@]}" --jobs 3 \
-  --score-at 1000 1500 --sheet "$OUT/preset.png" 2>&1 | tee "$OUT/preset.log"
+  --score-at 500 1000 1500 --sheet "$OUT/preset.png" 2>&1 | tee "$OUT/preset.log"
