@@ -12,9 +12,8 @@
 #      grid_sample's double backward: then the preset runs with central differences, about twice the step);
 #   2. the rehearsal's 64x64 bank (300 images a caption; 44 s on an H200);
 #   3. the preset, 3 prompts in 3 processes on the one GPU, scored part-way at 500, 1,000 and 1,500 steps and at the
-#      end,
-#      each line printed as it comes, so a run the time limit cuts still reports. One variant only: in session 14 two
-#      variants side by side (6 processes) finished no object in 420 s, and 3 processes none in ~250 s.
+#      end, each line printed as it comes, so a run the time limit cuts still reports. One variant only: in session 14
+#      two variants side by side (6 processes) finished no object in 420 s, and 3 processes none in ~250 s.
 # $OUT gets card.txt, bank.log, preset.log (per object and stage: IoU, fog, size; at the end colour and shape hit, then
 # the mean as a JSON line) and preset.png (colour views above textureless ones, one object under the other).
 set -uo pipefail
