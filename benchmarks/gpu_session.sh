@@ -11,11 +11,13 @@
 #   1. the card, torch, and whether analytic normals work there (torch 2.11 on CUDA, the image's in session 14, lacks
 #      grid_sample's double backward: then the preset runs with central differences, about twice the step);
 #   2. the rehearsal's 64x64 bank (300 images a caption; 44 s on an H200);
-#   3. the preset, 3 prompts in 3 processes on the one GPU, scored part-way at 500, 1,000 and 1,500 steps and at the
-#      end, each line printed as it comes, so a run the time limit cuts still reports. One variant only: in session 14
-#      two variants side by side (6 processes) finished no object in 420 s, and 3 processes none in ~250 s.
+#   3. the preset, 3 prompts in 3 processes on the one GPU, scored part-way at 250, 500, 1,000 and 1,500 steps and at
+#      the end (with the evaluation views' sheet at each stage), each line printed as it comes, so a run the time limit
+#      cuts still reports. One variant only: in session 14 two variants side by side (6 processes) finished no object
+#      in 420 s, and 3 processes none in ~250 s.
 # $OUT gets card.txt, bank.log, preset.log (per object and stage: IoU, fog, size; at the end colour and shape hit, then
-# the mean as a JSON line) and preset.png (colour views above textureless ones, one object under the other).
+# the mean as a JSON line), preset.png (colour views above textureless ones, one object under the other) and each
+# object's sheet at each stage it reached (<prompt>-<seed>-sheet-<step>.png).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
@@ -38,4 +40,8 @@ print(world_bank(from_dict(probe_settings('configs/rehearsal-sd.yaml', []))))" >
 
 # the preset's 3 prompts; whatever the limit leaves is in preset.log already
 timeout 480 python3 benchmarks/recipe_probe.py --config configs/rehearsal-sd.yaml "${normals[@]}" --jobs 3 \
-  --score-at 500 1000 1500 --sheet "$OUT/preset.png" 2>&1 | tee "$OUT/preset.log"
+  --score-at 250 500 1000 1500 --sheet "$OUT/preset.png" 2>&1 | tee "$OUT/preset.log"
+# every object's sheet at every stage it reached (sheet-<step>.png; sheet.png at the end), cut run or not
+for f in /tmp/recipe-probe/*/*/sheet*.png; do
+  [ -e "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"
+done

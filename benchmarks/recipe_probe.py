@@ -112,6 +112,22 @@ def _line(r: dict) -> str:
     return f"{line}  ({r['seconds']} s)"
 
 
+def _views(cfg, model, device, sheet: Path) -> dict:
+    """Render the evaluation views of `model` and write the views stage's sheet (a row of colour views above a row of
+    textureless ones) to `sheet`; returns the views."""
+    import torch
+
+    from pipeline.evaluate import MODES
+    from pipeline.nerf.cameras import orbit_cameras
+    from pipeline.views import _grid, _png, eval_azimuths, render_views
+
+    cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths)).to(device)
+    with torch.no_grad():
+        views = render_views(model, cfg, cams, cfg.views.resolution, cfg.views.samples)
+    _png(sheet, _grid([views[m] for m in MODES.values()], nrow=len(cams)))
+    return views
+
+
 def _one(args: tuple[dict, str, int, str, list[int]]) -> dict:
     data, text, seed, bank, score_at = args
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -136,6 +152,7 @@ def _one(args: tuple[dict, str, int, str, list[int]]) -> dict:
                 train(cfg, text, text, seed, out, guidance, stop_after=stage)
             part, step = checkpoint_model(cfg, out, text, text, seed)
             scores = shape_scores(cfg, part.to(device), text, seed)
+            _views(cfg, part.to(device), device, out / f"sheet-{step}.png")
             print(
                 _line({"prompt": text, "seed": seed, "step": step, **scores, "seconds": round(time.time() - t0, 1)}),
                 flush=True,
@@ -145,19 +162,14 @@ def _one(args: tuple[dict, str, int, str, list[int]]) -> dict:
     assert isinstance(model, Model)
     scores = shape_scores(cfg, model, text, seed)
     from pipeline.evaluate import MODES, ClipScorer, evaluate
-    from pipeline.nerf.cameras import orbit_cameras
-    from pipeline.views import _grid, _png, eval_azimuths, render_views
 
-    cams = orbit_cameras(cfg.camera, eval_azimuths(cfg.views.azimuths)).to(device)
-    with torch.no_grad():
-        views = render_views(model, cfg, cams, cfg.views.resolution, cfg.views.samples)
+    sheet = out / "sheet.png"
+    views = _views(cfg, model, device, sheet)
     obj = {"prompt_id": "probe", "seed": seed, "text": text, "views": {m: views[k] for m, k in MODES.items()}}
     scorers = [ClipScorer(cfg.evaluate.clip_models[0], torch.device("cpu"))]
     result = evaluate([obj], CAPTIONS, scorers, cfg.evaluate.combine, world=True)
     colour, geo = result["objects"]
     scores.update(colour=colour["score"], shape_hit=geo["shape_score"])
-    sheet = out / "sheet.png"  # the views stage's sheet: a row of colour, a row of textureless views
-    _png(sheet, _grid([views[m] for m in MODES.values()], nrow=len(cams)))
     return {"prompt": text, "seed": seed, **scores, "sheet": str(sheet), "seconds": round(time.time() - t0, 1)}
 
 
