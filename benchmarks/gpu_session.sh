@@ -21,7 +21,9 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+CONFIGS=(${CONFIGS:-configs/rehearsal-sd.yaml})  # a CPU smoke test of this script: CONFIGS="… configs/overlays/rehearsal-cpu.yaml"
+[ -d .whl ] && { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  .whl/*.whl || exit 1; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; python3 -c "import torch; print('torch', torch.__version__)"; } \
   | tee "$OUT/card.txt"
@@ -33,15 +35,39 @@ if ! python3 -c "import torch; from pipeline.nerf.field import require_analytic_
 else
   echo "analytic normals: ok" | tee -a "$OUT/card.txt"
 fi
-time python3 -c "
+{ time python3 -c "
 from benchmarks.recipe_probe import probe_settings, world_bank
 from pipeline.config import from_dict
-print(world_bank(from_dict(probe_settings('configs/rehearsal-sd.yaml', []))))" > "$OUT/bank.log" 2>&1 || exit 1
+import sys
+print(world_bank(from_dict(probe_settings(sys.argv[1:], []))))" "${CONFIGS[@]}"; } >> "$OUT/card.txt" 2>&1 || exit 1
 
-# the preset's 3 prompts; whatever the limit leaves is in preset.log already
-timeout 480 python3 benchmarks/recipe_probe.py --config configs/rehearsal-sd.yaml "${normals[@]}" --jobs 3 \
-  --score-at 250 500 1000 1500 --sheet "$OUT/preset.png" 2>&1 | tee "$OUT/preset.log"
-# every object's sheet at every stage it reached (sheet-<step>.png; sheet.png at the end), cut run or not
-for f in /tmp/recipe-probe/*/*/sheet*.png; do
-  [ -e "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"
+# one probe per variant, side by side (no argument: the preset itself); a variant is a quoted argument list for
+# recipe_probe.py, e.g. "--set train.lr=0.005 --prompts 'a green cube' --jobs 1"; whatever the limit leaves is in the
+# logs already, and each variant's sheets (every object at every stage it reached) are stacked into v<i>.png
+[ $# -eq 0 ] && set -- "--jobs 3"
+i=0
+for v in "$@"; do
+  i=$((i + 1))
+  echo "v$i: $v" | tee -a "$OUT/card.txt"
+  eval "args=($v)"
+  timeout "${LIMIT:-480}" python3 benchmarks/recipe_probe.py "${CONFIGS[@]/#/--config=}" "${normals[@]}" \
+    --score-at ${SCORE_AT:-250 500 1000 1500} "${args[@]}" > "$OUT/v$i.log" 2>&1 &
 done
+wait
+i=0
+for v in "$@"; do
+  i=$((i + 1))
+  python3 - "$OUT/v$i.log" "$OUT/v$i.png" <<'PY'
+import re, sys
+from pathlib import Path
+from benchmarks.recipe_probe import stack_sheets
+log, png = Path(sys.argv[1]), Path(sys.argv[2])
+found = re.search(r"^objects: (.+)$", log.read_text(), re.M)
+step = lambda p: int(re.sub(r"\D", "", p.stem) or 10**9)  # sheet-<step>.png by step, the end's sheet.png last
+sheets = sorted(Path(found[1]).glob("*/sheet*.png"), key=lambda p: (p.parent.name, step(p))) if found else []
+if sheets:
+    stack_sheets(sheets, png)
+print(png, len(sheets), "sheets:", *(f"{p.parent.name}/{p.name}" for p in sheets))
+PY
+done | tee -a "$OUT/card.txt"
+tail -n 20 "$OUT"/v*.log

@@ -99,6 +99,11 @@ def stack_sheets(sheets: list[Path], path: Path) -> None:
     _png(path, np.concatenate(rows))
 
 
+def probe_dir(cfg: cfgmod.Config) -> Path:
+    """Where a probe of these settings keeps its objects (one folder each; a rerun reuses the finished ones)."""
+    return Path(f"/tmp/recipe-probe/{Path(__file__).resolve().parents[1].name}-{cfg.digest()}")
+
+
 def _line(r: dict) -> str:
     """One object's scores as the probe prints them (a part-way stage names its step; a finished one adds the CLIP
     scores)."""
@@ -138,8 +143,7 @@ def _one(args: tuple[dict, str, int, str, list[int]]) -> dict:
     from pipeline.world.scenes import CAPTIONS
 
     cfg = cfgmod.from_dict(data)
-    tree = Path(__file__).resolve().parents[1].name
-    out = Path(f"/tmp/recipe-probe/{tree}-{cfg.digest()}/{text[:-1].replace(' ', '-')}-{seed}")
+    out = probe_dir(cfg) / f"{text[:-1].replace(' ', '-')}-{seed}"
     t0 = time.time()
     from pipeline.train import Model, checkpoint_model, checkpoint_step, load_model, pick_device, train
 
@@ -192,6 +196,7 @@ def main() -> None:
     from pipeline.prompts import normalize
 
     bank = world_bank(cfg)
+    print(f"objects: {probe_dir(cfg)}", flush=True)
     prompts = [normalize(p) for p in (args.prompts or cfg.prompts.select)]
     jobs = [(data, p, s, str(bank), args.score_at) for p in prompts for s in args.seeds]
     import multiprocessing
