@@ -133,12 +133,12 @@ def _views(cfg, model, device, sheet: Path) -> dict:
     return views
 
 
-def _one(args: tuple[dict, str, int, str, list[int]]) -> dict:
-    data, text, seed, bank, score_at = args
-    os.environ["OMP_NUM_THREADS"] = "1"
+def _one(args: tuple[dict, str, int, str, list[int], int]) -> dict:
+    data, text, seed, bank, score_at, threads = args
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from pipeline.guidance import build_guidance
     from pipeline.world.scenes import CAPTIONS
 
@@ -188,6 +188,7 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="*", default=None, help="captions (default: the merged config's prompts.select)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of each process (default 1)")
     ap.add_argument("--sheet", type=Path, help="write the objects' sheets, one above the other, to this PNG")
     ap.add_argument("--score-at", type=int, nargs="*", default=[], help="also score each object at these steps")
     args = ap.parse_args()
@@ -198,7 +199,7 @@ def main() -> None:
     bank = world_bank(cfg)
     print(f"objects: {probe_dir(cfg)}", flush=True)
     prompts = [normalize(p) for p in (args.prompts or cfg.prompts.select)]
-    jobs = [(data, p, s, str(bank), args.score_at) for p in prompts for s in args.seeds]
+    jobs = [(data, p, s, str(bank), args.score_at, args.threads) for p in prompts for s in args.seeds]
     import multiprocessing
 
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
