@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# The prepared device check of issue #16, ONE `run` call of ~9 minutes on a lent H100/H200 (15 minutes of device
-# time a session, start included; a machine left idle 30 s goes back, and a second call starts a bare one, bank and
-# all). Here:   bash benchmarks/gpu_wheels.sh      (the wheels the image lacks → .whl/)
-# Then the device tool, at once: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=590)
+# The prepared device check of issue #16 on a lent H100/H200 (15 minutes of device time a session, start included; a
+# machine left idle 30 s goes back, and a second call starts a bare one, bank and all). Here:
+#   bash benchmarks/gpu_wheels.sh      (the wheels the image lacks → .whl/)
+# then the device tool, at once:
+#   run(command="bash benchmarks/gpu_session.sh [VARIANT ...]", carry=[".whl"], timeout_s=590)
+# A VARIANT is one quoted argument list for recipe_probe.py; none means the preset itself ("--jobs 3"). Session 15:
+#   1. bash benchmarks/gpu_session.sh                                     (≈ 300 s: start, bank, 3 objects)
+#   2. LIMIT=400 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh \
+#        "--set shading.albedo_steps=2000 --prompts 'a green cube' 'an orange pyramid' --jobs 2" \
+#        "--set train.lr=0.005 --prompts 'a green cube' 'an orange pyramid' --jobs 2" …    (≈ 470 s, 6 processes)
 #
-# It measures what no CPU can: the paper-shaped rehearsal (configs/rehearsal-sd.yaml: the SD preset's field, 64x64
-# renders, background, shading and regularisers, the world prior, 2,000 steps) on its 3 prompts, through
+# It measures what no CPU can in a session: the paper-shaped rehearsal (configs/rehearsal-sd.yaml: the SD preset's
+# field, 64x64 renders, background, shading and regularisers, the world prior, 2,000 steps) through
 # benchmarks/recipe_probe.py (the workflow's own training, geometry, views and evaluation code; the device image has
 # no Snakemake or open3d, so `pytest -m gpu tests/test_rehearsal.py` needs a full environment):
-#   1. the card, torch, and whether analytic normals work there (torch 2.11 on CUDA, the image's in session 14, lacks
-#      grid_sample's double backward: then the preset runs with central differences, about twice the step);
-#   2. the rehearsal's 64x64 bank (300 images a caption; 44 s on an H200);
-#   3. the preset, 3 prompts in 3 processes on the one GPU, scored part-way at 250, 500, 1,000 and 1,500 steps and at
-#      the end (with the evaluation views' sheet at each stage), each line printed as it comes, so a run the time limit
-#      cuts still reports. One variant only: in session 14 two variants side by side (6 processes) finished no object
-#      in 420 s, and 3 processes none in ~250 s.
-# $OUT gets card.txt, bank.log, preset.log (per object and stage: IoU, fog, size; at the end colour and shape hit, then
-# the mean as a JSON line), preset.png (colour views above textureless ones, one object under the other) and each
-# object's sheet at each stage it reached (<prompt>-<seed>-sheet-<step>.png).
+#   1. the card, torch, and whether analytic normals work there (torch 2.11 on CUDA, the image's in sessions 14-15,
+#      lacks grid_sample's double backward: then every variant runs with central differences);
+#   2. the rehearsal's 64x64 bank (300 images a caption; 43 s on an H200);
+#   3. one probe per variant, side by side, each scored part-way at SCORE_AT (default 250 500 1000 1500) and at the
+#      end, each line printed as it comes, so a run the time limit (LIMIT, default 480 s) cuts still reports. The
+#      preset's 3 objects in 3 processes take ≈ 215 s; 6 processes run at about half the speed each.
+# $OUT gets card.txt (card, torch, normals, bank time, which sheets were stacked), v<i>.log per variant (per object
+# and stage: IoU, fog, size; at the end colour and shape hit, then the mean as a JSON line) and v<i>.png (the
+# evaluation views, colour above textureless, of every object at every stage it reached, in that order). The device
+# tool brings back at most 8 files, so keep to 3 variants.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
@@ -60,11 +66,10 @@ for v in "$@"; do
   python3 - "$OUT/v$i.log" "$OUT/v$i.png" <<'PY'
 import re, sys
 from pathlib import Path
-from benchmarks.recipe_probe import stack_sheets
+from benchmarks.recipe_probe import stack_sheets, stage_sheets
 log, png = Path(sys.argv[1]), Path(sys.argv[2])
 found = re.search(r"^objects: (.+)$", log.read_text(), re.M)
-step = lambda p: int(re.sub(r"\D", "", p.stem) or 10**9)  # sheet-<step>.png by step, the end's sheet.png last
-sheets = sorted(Path(found[1]).glob("*/sheet*.png"), key=lambda p: (p.parent.name, step(p))) if found else []
+sheets = stage_sheets(Path(found[1])) if found else []
 if sheets:
     stack_sheets(sheets, png)
 print(png, len(sheets), "sheets:", *(f"{p.parent.name}/{p.name}" for p in sheets))

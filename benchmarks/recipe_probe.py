@@ -104,6 +104,17 @@ def probe_dir(cfg: cfgmod.Config) -> Path:
     return Path(f"/tmp/recipe-probe/{Path(__file__).resolve().parents[1].name}-{cfg.digest()}")
 
 
+def stage_sheets(objects: Path) -> list[Path]:
+    """The sheets a probe left under `objects` (its `probe_dir`): object by object, each stage's sheet-<step>.png by
+    step, then the finished object's sheet.png."""
+
+    def key(p: Path) -> tuple[str, int]:
+        step = p.stem.removeprefix("sheet").removeprefix("-")
+        return p.parent.name, int(step) if step else sys.maxsize
+
+    return sorted(objects.glob("*/sheet*.png"), key=key)
+
+
 def _line(r: dict) -> str:
     """One object's scores as the probe prints them (a part-way stage names its step; a finished one adds the CLIP
     scores)."""

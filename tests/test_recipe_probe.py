@@ -43,3 +43,13 @@ def test_an_untrained_object_scores_its_init_and_gains_nothing():
     got = shape_scores(cfg, initial_model(cfg, 3), "an orange pyramid.", seed=3)
     assert got["iou"] == got["init_iou"] and got["iou_gain"] == 0.0
     assert got["iou"] == pytest.approx(0.4185, abs=1e-4)  # the capped blob in a pyramid (RESULTS.md, session 8)
+
+
+def test_stage_sheets_go_object_by_object_by_step_the_finished_sheet_last(tmp_path):
+    from benchmarks.recipe_probe import stage_sheets
+
+    for name in ["b-0/sheet.png", "b-0/sheet-1000.png", "b-0/sheet-250.png", "a-0/sheet-500.png", "a-0/other.png"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    got = [f"{p.parent.name}/{p.name}" for p in stage_sheets(tmp_path)]
+    assert got == ["a-0/sheet-500.png", "b-0/sheet-250.png", "b-0/sheet-1000.png", "b-0/sheet.png"]
