@@ -198,6 +198,12 @@ class FieldConfig:
     DreamFusion `normal_type: analytic`), one query a sample. With the GPU presets' MLP-decoded 16³…128³ pyramid it
     halves the field's step (12.1 → 6.7 s on 2 CPU cores); a direct grid's node differences stay the cheaper (0.118
     against 0.193 s for the default): benchmarks/bench_field_step.py, benchmarks/RESULTS.md."""
+    lookup: Literal["grid_sample", "gather"] = "grid_sample"
+    """How the grids are read at the sample points (trilinear, zero outside the cube, either way). grid_sample:
+    torch's `F.grid_sample`. gather: the same interpolation written as 8 corner gathers and their weights, so autograd
+    differentiates it to any order: for `normals: analytic` on a torch whose `grid_sample` lacks the double backward on
+    the device (torch 2.11 on CUDA, the lent GPU machines' image; `require_analytic_normals` says so). Same values as
+    grid_sample up to float rounding (summation order), so runs of the two are not bit-identical."""
 
 
 @dataclass

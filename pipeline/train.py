@@ -473,7 +473,7 @@ def train(
         return restored
     guidance = guidance or build_guidance(cfg, device)
     model = initial_model(cfg, seed).to(device)
-    if cfg.nerf.normals == "analytic":
+    if cfg.nerf.normals == "analytic" and cfg.nerf.lookup == "grid_sample":
         require_analytic_normals(device)
     opt = optimizer(cfg, model)
     start = load_checkpoint(ckpt_dir, model, opt, ident, cfg.train.steps)

@@ -63,9 +63,35 @@ def require_analytic_normals(device: torch.device) -> None:
     except (RuntimeError, NotImplementedError) as e:
         raise ValueError(
             f"nerf.normals: analytic needs the double backward of grid_sample, which torch {torch.__version__} on "
-            f"{device.type} does not have ({e}). Set nerf.normals: finite_difference (README, Paper setups: Normals) "
-            "or use the torch this project pins (pyproject.toml)."
+            f"{device.type} does not have ({e}). Set nerf.lookup: gather (the same interpolation, differentiable to "
+            "any order), or nerf.normals: finite_difference (README, Paper setups: Normals), or use the torch this "
+            "project pins (pyproject.toml)."
         ) from e
+
+
+def trilinear_gather(volume: Tensor, pts: Tensor) -> Tensor:
+    """`F.grid_sample(volume, pts, mode="bilinear", padding_mode="zeros", align_corners=True)` for volume
+    [1, C, D, H, W] at pts [..., 3] in [−1, 1] (x → W, y → H, z → D), as [..., C], written as the 8 corners' rows of a
+    [D·H·W, C] table weighted by their trilinear weights: plain indexing and arithmetic, so autograd takes it to any
+    order (`nerf.lookup: gather`). Corners outside the volume count as zero, as grid_sample's zero padding does."""
+    _, c, *size = volume.shape
+    table = volume.reshape(c, -1).T
+    dims = torch.tensor(size[::-1], device=pts.device)  # W, H, D: the extent along x, y, z
+    u = (pts + 1) / 2 * (dims - 1).to(pts.dtype)  # align_corners=True: −1 and 1 are the first and last nodes
+    lo = u.detach().floor()
+    frac = u - lo  # keeps u's graph: the weights carry the derivative with respect to the points
+    lo = lo.long()
+    strides = torch.tensor([1, size[2], size[1] * size[2]], device=pts.device)  # x, y, z
+    out = None
+    for corner in range(8):
+        bit = torch.tensor([(corner >> a) & 1 for a in range(3)], device=pts.device)
+        idx = lo + bit
+        inside = ((idx >= 0) & (idx < dims)).all(-1)
+        weight = torch.where(bit.bool(), frac, 1 - frac).prod(-1) * inside
+        rows = table[(idx.clamp(min=0) * strides).sum(-1).clamp(max=table.shape[0] - 1)]
+        term = rows * weight[..., None]
+        out = term if out is None else out + term
+    return out
 
 
 def blob(pts: Tensor, kind: str, strength: float, radius: float, cap: float = 0.0) -> Tensor:
@@ -160,6 +186,8 @@ class GridField(Field):
 
     def _sample(self, volume: Tensor, pts: Tensor) -> Tensor:
         """Trilinear lookup of volume [1, C, R, R, R] at pts [..., 3] → [..., C]; zero outside the cube."""
+        if self.cfg.lookup == "gather":
+            return trilinear_gather(volume, pts / self.bound)
         shape = pts.shape[:-1]
         g = (pts / self.bound).reshape(1, -1, 1, 1, 3)
         out = F.grid_sample(volume, g, mode="bilinear", padding_mode="zeros", align_corners=True)
