@@ -336,6 +336,11 @@ class WorldConfig:
     """Renders per caption in the bank (split by view suffix)."""
     resolution: int = field(default=32, metadata=_range(8))
     """Bank render size; must equal render.resolution for the closed-form prior."""
+    bank_modes: list[Literal["albedo", "lit", "textureless"]] = field(default_factory=lambda: ["albedo", "lit"])
+    """Shading modes the bank's images are rendered in, `images_per_caption` split between them. albedo and lit: what
+    the world's objects look like, so SDS on a textureless render (white, shaded) pushes its geometry towards a
+    coloured image, as SD is pushed with a colour in the prompt. Adding textureless gives the prior white, shaded
+    renders of each caption's shape, as a model trained on the web has seen untextured renders of objects."""
     background: Literal["fixed", "any"] = "fixed"
     """Backgrounds the closed-form prior's images come over: fixed, render.background_color only (the bank as
     rendered); any, every solid colour, the colour a latent the denoiser integrates out in closed form (Gaussian per

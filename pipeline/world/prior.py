@@ -45,14 +45,17 @@ from pipeline.world.scenes import (
 )
 
 BANK_MODES = ("albedo", "lit")
-"""Shading modes in the bank: what objects of the world look like (textureless renders are not images of a
-"red cube"; SDS on a textureless render therefore pushes geometry, as in the paper)."""
+"""Shading modes in the bank by default (`world.bank_modes`): what objects of the world look like (textureless
+renders are not images of a "red cube"; SDS on a textureless render therefore pushes geometry, as in the paper)."""
 
 
 def bank_settings(cfg: Config) -> dict:
     """Everything the bank depends on; its hash names the bank file."""
+    world = {k: v for k, v in cfg.to_dict()["world"].items() if k != "background"}  # background: a prior setting
+    if tuple(world["bank_modes"]) == BANK_MODES:
+        del world["bank_modes"]  # the banks built before the key existed keep their names
     return {
-        "world": {k: v for k, v in cfg.to_dict()["world"].items() if k != "background"},  # a prior setting
+        "world": world,
         "camera": cfg.to_dict()["camera"],
         "shading": {"ambient": cfg.shading.ambient, "diffuse": cfg.shading.diffuse},
         "render": {
@@ -74,10 +77,11 @@ def linear_alphas_cumprod(T: int = 1000) -> Tensor:
     return torch.cumprod(1 - torch.linspace(1e-4, 2e-2, T, dtype=torch.float64), 0).float()
 
 
-def generate_bank(cfg: Config, seed: int | None = None, modes: tuple[str, ...] = BANK_MODES) -> dict[str, Tensor]:
+def generate_bank(cfg: Config, seed: int | None = None, modes: tuple[str, ...] | None = None) -> dict[str, Tensor]:
     """Render the world: images uint8 [N, 3, H, W] over render.background_color, their opacity uint8 [N, H, W],
     caption index, view index and mode index per image, and the background colour float [3]."""
     g = torch.Generator().manual_seed(cfg.world.seed if seed is None else seed)
+    modes = tuple(cfg.world.bank_modes) if modes is None else modes
     per_shape = max(1, round(cfg.world.images_per_caption / len(modes)))
     images, opacity, cap_idx, view_idx, mode_idx = [], [], [], [], []
     for shape in tqdm(SHAPES, desc="world bank", leave=False):
