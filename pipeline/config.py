@@ -266,6 +266,10 @@ class TrainConfig:
     tv_weight: Scheduled = 0.0
     """Total variation (mean squared neighbour difference) of the pre-activation density on the finest grid's nodes
     (with an MLP, its density output there)."""
+    normal_smooth_weight: Scheduled = 0.0
+    """Weight of the rendered normal map's roughness: the mean squared difference of neighbouring pixels of the
+    opacity-weighted normals, down and across (stable-dreamfusion's `lambda_2d_normal_smooth`). Against shaded
+    renders folding the surface into crumples (benchmarks/RESULTS.md, session 15); needs normals every step."""
     eikonal_weight: Scheduled = 0.0
     """Eikonal term mean((‖∇z‖ − 1)²) over the finest grid's nodes, z the pre-activation with the blob (central
     differences; with an MLP, its density output there): keeps an `sdf` field's z a signed distance."""

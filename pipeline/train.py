@@ -43,7 +43,7 @@ from pipeline.guidance.prompting import ViewPrompter
 from pipeline.io import atomic_write, atomic_write_json, remove_stale_temps
 from pipeline.nerf.cameras import orbit_cameras, sample_cameras
 from pipeline.nerf.field import build_field, require_analytic_normals
-from pipeline.nerf.renderer import Background, Shading, render, sample_shading
+from pipeline.nerf.renderer import Background, Shading, normal_roughness, render, sample_shading
 from pipeline.prompts import PromptFileError, read_prompts_json
 from pipeline.sds import TimestepSchedule, sds
 
@@ -510,6 +510,7 @@ def train(
             cams = sample_cameras(cfg.camera, cfg.train.batch_views, g).to(device)
             shading = sample_shading(cfg.shading, step, cfg.train.batch_views, g)
             orient_w = scheduled(cfg.train.orientation_weight, step)
+            smooth_w = scheduled(cfg.train.normal_smooth_weight, step)
             res = render(
                 model.field,
                 cams,
@@ -520,7 +521,7 @@ def train(
                 normal_eps=cfg.render.normal_eps,
                 generator=g,
                 training=True,
-                need_normals=shading.needs_normals or orient_w > 0,
+                need_normals=shading.needs_normals or orient_w > 0 or smooth_w > 0,
             )
             t1 = time.perf_counter()
             c = prompter(cams.elevation.tolist(), cams.azimuth.tolist())
@@ -536,6 +537,8 @@ def train(
                 loss = loss + entropy_w * (-(a * a.log() + (1 - a) * (1 - a).log())).mean()
             if tv_w > 0:
                 loss = loss + tv_w * model.field.total_variation()
+            if smooth_w > 0:
+                loss = loss + smooth_w * normal_roughness(res.normal)
             eik_w = scheduled(cfg.train.eikonal_weight, step)
             if eik_w > 0:
                 loss = loss + eik_w * model.field.eikonal()

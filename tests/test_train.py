@@ -225,6 +225,30 @@ def test_z_variance_weight_enters_the_loss(tmp_path, prior):
     assert any(not torch.equal(runs[0.0][k], runs[100.0][k]) for k in base)
 
 
+def test_normal_roughness_is_the_mean_squared_neighbour_difference():
+    from pipeline.nerf.renderer import normal_roughness
+
+    n = torch.zeros(2, 3, 4, 5)
+    assert normal_roughness(n).item() == 0.0
+    n[:, 2] = 1.0  # every pixel facing +z: smooth
+    assert normal_roughness(n).item() == 0.0
+    n[:, 0, :, 2:] = 1.0  # a crease between columns 1 and 2: one in 4 horizontal pairs differs by 1 in x
+    assert normal_roughness(n).item() == pytest.approx(0.25)
+    n[:, 1, 3, :] = 2.0  # and the last row: one in 3 vertical pairs differs by 2 in y
+    assert normal_roughness(n).item() == pytest.approx(0.25 + 4 / 3)
+
+
+def test_normal_smooth_weight_enters_the_loss(tmp_path, prior):
+    """train.normal_smooth_weight changes training when > 0, and training with it stays finite."""
+    runs = {}
+    for w in (0.0, 10.0):
+        cfg = from_dict({**TINY, "train": {**TINY["train"], "normal_smooth_weight": w}})
+        train(cfg, "p", "a red cube.", 0, tmp_path / str(w), prior)
+        runs[w] = load_file(str(tmp_path / str(w) / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in runs[10.0].values())
+    assert any(not torch.equal(runs[0.0][k], runs[10.0][k]) for k in runs[0.0])
+
+
 def test_sdf_field_trains_with_the_eikonal_term(tmp_path, prior):
     """An sdf field with the eikonal term trains to finite weights, and the term changes what it learns."""
     nerf = {**TINY["nerf"], "density_activation": "sdf", "blob_density": 0.5, "blob_cap": 0.0}

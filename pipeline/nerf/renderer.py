@@ -118,6 +118,14 @@ class RenderOutput:
     units²; 0 where empty): small when the ray's weight sits in one thin shell, i.e. at a sharp surface."""
 
 
+def normal_roughness(normal: Tensor) -> Tensor:
+    """Mean squared difference of vertically and of horizontally neighbouring pixels of a normal map [B, 3, H, W],
+    summed over the channels and added for the two directions (`train.normal_smooth_weight`)."""
+    down = (normal[..., 1:, :] - normal[..., :-1, :]).square().sum(1).mean()
+    across = (normal[..., :, 1:] - normal[..., :, :-1]).square().sum(1).mean()
+    return down + across
+
+
 def unit(v: Tensor, eps: float = 1e-8) -> Tensor:
     """v / max(‖v‖, eps) over the last axis, as `F.normalize` but through rsqrt of the summed squares: on CPU,
     `linalg.vector_norm` over an axis of 3 is slow (fwd + bwd 11.1 → 7.3 ms on 197k vectors, benchmarks/RESULTS.md)."""
