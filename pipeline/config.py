@@ -136,7 +136,11 @@ class CameraConfig:
     up_jitter: float = field(default=0.02, metadata=_range(0.0))
     """Up-vector noise N(0, j² I)."""
     light_distance: list[float] = field(default_factory=lambda: [0.8, 1.5])
-    """Point light: direction ~ N(camera position, I), distance in this range times the camera distance."""
+    """Point light: direction ~ N(camera position, light_perturb² I), distance in this range times the camera
+    distance."""
+    light_perturb: float = field(default=1.0, metadata=_range(0.0))
+    """Std of the light direction's noise around the camera's (threestudio's `light_position_perturb`, DreamFusion's
+    N(camera, I)); 0 is a light behind the camera (a headlight), the same for every view of the bank and training."""
     eval_elevation: float = 30.0
     """Evaluation views: elevation in degrees (paper: 30°); distance and focal are the midpoints of the ranges."""
 

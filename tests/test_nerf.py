@@ -567,3 +567,15 @@ def test_node_terms_of_an_mlp_field_read_its_decoded_density_at_the_nodes():
     (f.total_variation() + f.eikonal() + f.curvature(band=10.0)).backward()
     for p in (*f.levels, *f.mlp.parameters()):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_light_perturb_zero_puts_the_light_behind_the_camera_and_one_is_dreamfusions_noise():
+    from dataclasses import replace
+
+    cfg = CameraConfig()
+    head = sample_cameras(replace(cfg, light_perturb=0.0), 16, torch.Generator().manual_seed(0))
+    cos = torch.nn.functional.cosine_similarity(head.light, head.position, dim=-1)
+    torch.testing.assert_close(cos, torch.ones(16))
+    default = sample_cameras(cfg, 16, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(default.position, head.position)  # the light's draw leaves the cameras alone
+    assert (torch.nn.functional.cosine_similarity(default.light, default.position, dim=-1) < 0.999).all()

@@ -75,9 +75,10 @@ def look_at(position: Tensor, target: Tensor, up: Tensor) -> Tensor:
 
 
 def _lights(position: Tensor, cfg: CameraConfig, generator: torch.Generator | None) -> Tensor:
-    """Light direction ~ N(camera position, I); distance U(light_distance) × camera distance."""
+    """Light direction ~ N(camera position, light_perturb² I); distance U(light_distance) × camera distance."""
     b = position.shape[0]
-    direction = torch.nn.functional.normalize(position + torch.randn(b, 3, generator=generator), dim=-1)
+    noise = torch.randn(b, 3, generator=generator) * cfg.light_perturb
+    direction = torch.nn.functional.normalize(position + noise, dim=-1)
     lo, hi = cfg.light_distance
     scale = lo + (hi - lo) * torch.rand(b, generator=generator)
     return direction * (scale * position.norm(dim=-1))[:, None]

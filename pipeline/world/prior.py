@@ -54,9 +54,12 @@ def bank_settings(cfg: Config) -> dict:
     world = {k: v for k, v in cfg.to_dict()["world"].items() if k != "background"}  # background: a prior setting
     if tuple(world["bank_modes"]) == BANK_MODES:
         del world["bank_modes"]  # the banks built before the key existed keep their names
+    camera = cfg.to_dict()["camera"]
+    if camera["light_perturb"] == 1.0:
+        del camera["light_perturb"]  # likewise
     return {
         "world": world,
-        "camera": cfg.to_dict()["camera"],
+        "camera": camera,
         "shading": {"ambient": cfg.shading.ambient, "diffuse": cfg.shading.diffuse},
         "render": {
             "samples": cfg.render.samples,
