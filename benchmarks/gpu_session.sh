@@ -9,10 +9,14 @@
 #   2. LIMIT=400 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh \
 #        "--set shading.albedo_steps=2000 --prompts 'a green cube' 'an orange pyramid' --jobs 2" \
 #        "--set train.lr=0.005 --prompts 'a green cube' 'an orange pyramid' --jobs 2" …    (≈ 470 s, 6 processes)
-# Next: the preset against the normal-map smoothness that kept the 64x64 cube unfolded on the CPU (RESULTS, session 15),
-# all 3 prompts, 6 processes:
-#   LIMIT=450 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh "--jobs 3" \
-#     "--set train.normal_smooth_weight=100 --jobs 3"
+# Next (RESULTS, session 15): the preset with the analytic normals it asks for (by gathers on the image's torch), the
+# normal-map smoothness that kept the 64x64 cube unfolded to step 500 on the CPU, and the same without the 128^3
+# level (whose grain came back by 750), on the cube and the pyramid, 6 processes:
+#   LIMIT=450 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh \
+#     "--prompts 'a green cube' 'an orange pyramid' --jobs 2" \
+#     "--set train.normal_smooth_weight=100 --prompts 'a green cube' 'an orange pyramid' --jobs 2" \
+#     "--set train.normal_smooth_weight=100 --set 'nerf.levels=[16,32,64]' --prompts 'a green cube' 'an orange pyramid'
+#      --jobs 2"
 #
 # It measures what no CPU can in a session: the paper-shaped rehearsal (configs/rehearsal-sd.yaml: the SD preset's
 # field, 64x64 renders, background, shading and regularisers, the world prior, 2,000 steps) through
