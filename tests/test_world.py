@@ -30,6 +30,19 @@ def test_bank_is_deterministic_and_labelled():
     assert not torch.equal(a["images"], other["images"])
 
 
+def test_bank_modes_add_white_shaded_images_and_leave_the_default_banks_name_alone():
+    from pipeline.world.prior import bank_settings
+
+    modes = ["albedo", "lit", "textureless"]
+    cfg = from_dict({**SMALL, "world": {**SMALL["world"], "images_per_caption": 9, "bank_modes": modes}})
+    bank = generate_bank(cfg)
+    assert torch.bincount(bank["mode"]).tolist() == [36 * 3] * 3  # 9 a caption, 3 a mode
+    white = bank["images"][bank["mode"] == 2].int()
+    assert (white[:, 0] == white[:, 1]).all() and (white[:, 1] == white[:, 2]).all()  # grey, whatever the caption
+    assert bank_settings(cfg)["world"]["bank_modes"] == modes
+    assert "bank_modes" not in bank_settings(from_dict(SMALL))["world"]  # the default: names as before the key
+
+
 def test_colourise_equals_a_direct_render():
     cfg = from_dict(SMALL)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
