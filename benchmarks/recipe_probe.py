@@ -166,8 +166,9 @@ def _one(args: tuple[dict, str, int, str, list[int], int]) -> dict:
             if (checkpoint_step(out / "checkpoint") or 0) < stage:
                 train(cfg, text, text, seed, out, guidance, stop_after=stage)
             part, step = checkpoint_model(cfg, out, text, text, seed)
-            scores = shape_scores(cfg, part.to(device), text, seed)
-            _views(cfg, part.to(device), device, out / f"sheet-{step}.png")
+            part = part.to(device)
+            scores = shape_scores(cfg, part, text, seed)
+            _views(cfg, part, device, out / f"sheet-{step}.png")
             print(
                 _line({"prompt": text, "seed": seed, "step": step, **scores, "seconds": round(time.time() - t0, 1)}),
                 flush=True,

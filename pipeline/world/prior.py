@@ -49,17 +49,20 @@ BANK_MODES = ("albedo", "lit")
 renders are not images of a "red cube"; SDS on a textureless render therefore pushes geometry, as in the paper)."""
 
 
+LATER_KEYS = (("world", "bank_modes", list(BANK_MODES)), ("camera", "light_perturb", 1.0))
+"""Bank settings added after banks were built: left out of the bank's name while they hold their default."""
+
+
 def bank_settings(cfg: Config) -> dict:
     """Everything the bank depends on; its hash names the bank file."""
-    world = {k: v for k, v in cfg.to_dict()["world"].items() if k != "background"}  # background: a prior setting
-    if tuple(world["bank_modes"]) == BANK_MODES:
-        del world["bank_modes"]  # the banks built before the key existed keep their names
-    camera = cfg.to_dict()["camera"]
-    if camera["light_perturb"] == 1.0:
-        del camera["light_perturb"]  # likewise
+    data = cfg.to_dict()
+    world = {k: v for k, v in data["world"].items() if k != "background"}  # background: a prior setting
+    for section, key, default in LATER_KEYS:  # at their defaults, the banks built before them keep their names
+        if data[section][key] == default:
+            del (world if section == "world" else data[section])[key]
     return {
         "world": world,
-        "camera": camera,
+        "camera": data["camera"],
         "shading": {"ambient": cfg.shading.ambient, "diffuse": cfg.shading.diffuse},
         "render": {
             "samples": cfg.render.samples,
@@ -80,11 +83,11 @@ def linear_alphas_cumprod(T: int = 1000) -> Tensor:
     return torch.cumprod(1 - torch.linspace(1e-4, 2e-2, T, dtype=torch.float64), 0).float()
 
 
-def generate_bank(cfg: Config, seed: int | None = None, modes: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+def generate_bank(cfg: Config, seed: int | None = None) -> dict[str, Tensor]:
     """Render the world: images uint8 [N, 3, H, W] over render.background_color, their opacity uint8 [N, H, W],
     caption index, view index and mode index per image, and the background colour float [3]."""
     g = torch.Generator().manual_seed(cfg.world.seed if seed is None else seed)
-    modes = tuple(cfg.world.bank_modes) if modes is None else modes
+    modes = cfg.world.bank_modes
     per_shape = max(1, round(cfg.world.images_per_caption / len(modes)))
     images, opacity, cap_idx, view_idx, mode_idx = [], [], [], [], []
     for shape in tqdm(SHAPES, desc="world bank", leave=False):
