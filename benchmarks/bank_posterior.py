@@ -45,8 +45,28 @@ def held_out(cfg, text: str, n: int, seed: int):
     return (img * 255).round() / 127.5 - 1, view_index(r.cams)
 
 
+def posterior_stats(prior, x0, emb, ts, generator) -> dict:
+    """Per t: the ESS of each image's conditional posterior weights and the RMS of x0 − E[x0 | z_t, emb], as lists
+    over the images x0 [N, 3, H, W] in [−1, 1] (embeddings emb [N, 2]: caption, view)."""
+    import torch
+
+    ac = prior.alphas_cumprod
+    mask = prior._mask(emb)
+    out = {}
+    for t in ts:
+        step = torch.full((len(x0),), round(t * (len(ac) - 1)), dtype=torch.long)
+        a = ac[step].view(-1, 1, 1, 1)
+        z = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=generator)
+        logits, _ = prior._logits(z, step)
+        w = torch.softmax(logits.masked_fill(~mask, float("-inf")), 1)
+        mean = prior.posterior_mean(z, step, emb)
+        out[t] = {"ess": (1 / (w**2).sum(1)).tolist(), "pull": ((x0 - mean) ** 2).flatten(1).mean(1).sqrt().tolist()}
+    return out
+
+
 def measure(cfg, bank_path: Path, prompts, per_shape: int, ts, seed: int = 12345) -> dict:
-    """{t: {"ess": mean ESS, "pull": RMS pull}} and "nn" over the held-out renders of every prompt."""
+    """{t: {"ess": mean ESS, "pull": mean RMS pull}}, "nn" and the bank's size over the held-out renders of every
+    prompt."""
     import torch
 
     from pipeline.prompts import normalize
@@ -55,31 +75,20 @@ def measure(cfg, bank_path: Path, prompts, per_shape: int, ts, seed: int = 12345
 
     bank = load_bank(bank_path, cfg)
     prior = ClosedFormWorldPrior(bank, torch.device("cpu"), cfg.world.background)
-    raw = bank["images"].flatten(1).float() / 127.5 - 1  # the images as rendered (prior.x is the object alone with
-    # `any` background)
-    ac = prior.alphas_cumprod
+    raw = bank["images"].flatten(1).float() / 127.5 - 1  # as rendered (with `any` background prior.x is the object)
     g = torch.Generator().manual_seed(seed)
     rows = {t: {"ess": [], "pull": []} for t in ts}
     nn = []
     for text in prompts:
         x0, views = held_out(cfg, normalize(text), per_shape, seed)
-        cap = CAPTIONS.index(normalize(text))
-        emb = torch.stack([torch.full_like(views, cap), views], 1)
-        mask = prior._mask(emb)
-        flat = x0.flatten(1)
-        d = torch.cdist(flat, raw)
-        nn += (d.masked_fill(~mask, float("inf")).min(1).values / flat.shape[1] ** 0.5).tolist()
-        for t in ts:
-            step = torch.full((len(x0),), round(t * (len(ac) - 1)), dtype=torch.long)
-            a = ac[step].view(-1, 1, 1, 1)
-            z = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
-            logits, _ = prior._logits(z, step)
-            w = torch.softmax(logits.masked_fill(~mask, float("-inf")), 1)
-            rows[t]["ess"] += (1 / (w**2).sum(1)).tolist()
-            mean = prior.posterior_mean(z, step, emb)
-            rows[t]["pull"] += ((x0 - mean) ** 2).flatten(1).mean(1).sqrt().tolist()
+        emb = torch.stack([torch.full_like(views, CAPTIONS.index(normalize(text))), views], 1)
+        d = torch.cdist(x0.flatten(1), raw).masked_fill(~prior._mask(emb), float("inf"))
+        nn += (d.min(1).values / raw.shape[1] ** 0.5).tolist()
+        for t, r in posterior_stats(prior, x0, emb, ts, g).items():
+            for k in r:
+                rows[t][k] += r[k]
     out = {f"{t:g}": {k: round(sum(v) / len(v), 4) for k, v in r.items()} for t, r in rows.items()}
-    return {"t": out, "nn": round(sum(nn) / len(nn), 4), "bank_images": int(prior.x.shape[0])}
+    return {"t": out, "nn": round(sum(nn) / len(nn), 4), "bank_images": int(raw.shape[0])}
 
 
 def main() -> None:
@@ -94,8 +103,10 @@ def main() -> None:
 
     cfg = cfgmod.from_dict(probe_settings(args.config, args.set))
     res = measure(cfg, world_bank(cfg), args.prompts, args.per_shape, args.t)
-    print(f"bank {cfg.world.resolution}x{cfg.world.resolution}, {cfg.world.images_per_caption} images a caption; "
-          f"held-out nearest-neighbour RMS {res['nn']:.3f}")
+    print(
+        f"bank {cfg.world.resolution}x{cfg.world.resolution}, {cfg.world.images_per_caption} images a caption; "
+        f"held-out nearest-neighbour RMS {res['nn']:.3f}"
+    )
     print("| t | " + " | ".join(res["t"]) + " |")
     print("|---|" + "---|" * len(res["t"]))
     for k in ("ess", "pull"):
