@@ -9,19 +9,17 @@
 #   2. LIMIT=400 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh \
 #        "--set shading.albedo_steps=2000 --prompts 'a green cube' 'an orange pyramid' --jobs 2" \
 #        "--set train.lr=0.005 --prompts 'a green cube' 'an orange pyramid' --jobs 2" …    (≈ 470 s, 6 processes)
-# Next (RESULTS, session 15): the preset with the analytic normals it asks for (by gathers on the image's torch), the
-# normal-map smoothness that kept the 64x64 cube unfolded to step 500 on the CPU, and the same without the 128^3
-# level (whose grain came back by 750), on the cube and the pyramid, 6 processes:
-#   LIMIT=450 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh \
-#     "--prompts 'a green cube' 'an orange pyramid' --jobs 2" \
-#     "--set train.normal_smooth_weight=100 --prompts 'a green cube' 'an orange pyramid' --jobs 2" \
-#     "--set train.normal_smooth_weight=100 --set 'nerf.levels=[16,32,64]' --prompts 'a green cube' 'an orange pyramid'
-#      --jobs 2"
+# Session 16 ran the analytic preset, the normal smoothness and a timestep floor (all crumpled the MLP-decoded field).
+# Next (RESULTS, session 16): the preset's decoder-free field on all three prompts, with the analytic normals it asks
+# for (by gathers on the image's torch: slow there, ~1.5 steps/s a process with 6) and with central differences
+# (grid_sample: fast), 6 processes:
+#   LIMIT=450 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh "--jobs 3" \
+#     "--set nerf.lookup=grid_sample --set nerf.normals=finite_difference --jobs 3"
 #
-# It measures what no CPU can in a session: the paper-shaped rehearsal (configs/rehearsal-sd.yaml: the SD preset's
+# It measures the paper-shaped rehearsal on a GPU (configs/rehearsal-sd.yaml: the SD preset's
 # field, 64x64 renders, background, shading and regularisers, the world prior, 2,000 steps) through
 # benchmarks/recipe_probe.py (the workflow's own training, geometry, views and evaluation code; the device image has
-# no Snakemake or open3d, so `pytest -m gpu tests/test_rehearsal.py` needs a full environment):
+# no Snakemake or open3d, so `pytest -m slow tests/test_rehearsal.py` needs a full environment):
 #   1. the card, torch, and whether analytic normals work there through grid_sample (torch 2.11 on CUDA, the image's
 #      in sessions 14-15, lacks its double backward: then every variant reads the grids by `nerf.lookup: gather`, the
 #      same interpolation differentiable to any order, so the preset runs with the analytic normals it asks for; in

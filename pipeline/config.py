@@ -199,9 +199,9 @@ class FieldConfig:
     """How ∇σ (normals −∇σ/‖∇σ‖, Lambertian shading, the orientation penalty) is computed. finite_difference: central
     differences `render.normal_eps` apart (6 more field queries a sample with an MLP decoder; a direct grid takes
     them on its nodes in the same lookup). analytic: the exact derivative of σ at the sample by autograd (threestudio's
-    DreamFusion `normal_type: analytic`), one query a sample. With the GPU presets' MLP-decoded 16³…128³ pyramid it
-    halves the field's step (12.1 → 6.7 s on 2 CPU cores); a direct grid's node differences stay the cheaper (0.118
-    against 0.193 s for the default): benchmarks/bench_field_step.py, benchmarks/RESULTS.md."""
+    DreamFusion `normal_type: analytic`), one query a sample. With an MLP-decoded 16³…128³ pyramid (the GPU presets'
+    until session 16) it halves the field's step (12.1 → 6.7 s on 2 CPU cores); a direct grid's node differences stay
+    the cheaper (0.118 against 0.193 s for the default): benchmarks/bench_field_step.py, benchmarks/RESULTS.md."""
     lookup: Literal["grid_sample", "gather"] = "grid_sample"
     """How the grids are read at the sample points (trilinear, zero outside the cube, either way). grid_sample:
     torch's `F.grid_sample`. gather: the same interpolation written as 8 corner gathers and their weights, so autograd
