@@ -57,9 +57,9 @@ def posterior_stats(prior, x0, emb, ts, generator) -> dict:
         step = torch.full((len(x0),), round(t * (len(ac) - 1)), dtype=torch.long)
         a = ac[step].view(-1, 1, 1, 1)
         z = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=generator)
-        logits, _ = prior._logits(z, step)
+        logits, bg = prior._logits(z, step)  # once, for the weights and the mean
         w = torch.softmax(logits.masked_fill(~mask, float("-inf")), 1)
-        mean = prior.posterior_mean(z, step, emb)
+        mean = prior._mean(logits, emb, bg).view_as(z)
         out[t] = {"ess": (1 / (w**2).sum(1)).tolist(), "pull": ((x0 - mean) ** 2).flatten(1).mean(1).sqrt().tolist()}
     return out
 
@@ -79,9 +79,9 @@ def measure(cfg, bank_path: Path, prompts, per_shape: int, ts, seed: int = 12345
     g = torch.Generator().manual_seed(seed)
     rows = {t: {"ess": [], "pull": []} for t in ts}
     nn = []
-    for text in prompts:
-        x0, views = held_out(cfg, normalize(text), per_shape, seed)
-        emb = torch.stack([torch.full_like(views, CAPTIONS.index(normalize(text))), views], 1)
+    for text in map(normalize, prompts):
+        x0, views = held_out(cfg, text, per_shape, seed)
+        emb = torch.stack([torch.full_like(views, CAPTIONS.index(text)), views], 1)
         d = torch.cdist(x0.flatten(1), raw).masked_fill(~prior._mask(emb), float("inf"))
         nn += (d.min(1).values / raw.shape[1] ** 0.5).tolist()
         for t, r in posterior_stats(prior, x0, emb, ts, g).items():
