@@ -343,7 +343,8 @@ class WorldConfig:
     images_per_caption: int = field(default=600, metadata=_range(1))
     """Renders per caption in the bank (split by view suffix)."""
     resolution: int = field(default=32, metadata=_range(8))
-    """Bank render size; must equal render.resolution for the closed-form prior."""
+    """Bank render size: the world priors' working resolution. Renders of another size are resampled to it (area
+    average when shrinking), as Stable Diffusion's guidance resizes renders to its VAE's input."""
     bank_modes: list[Literal["albedo", "lit", "textureless"]] = field(default_factory=lambda: ["albedo", "lit"])
     """Shading modes the bank's images are rendered in, `images_per_caption` split between them. albedo and lit: what
     the world's objects look like, so SDS on a textureless render (white, shaded) pushes its geometry towards a
@@ -671,11 +672,6 @@ def _check_semantics(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: render.background_color must be [r, g, b], got {cfg.render.background_color!r}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or min(cfg.seeds) < 0:
         raise ConfigError(f"{src}: seeds must be a non-empty list of distinct integers >= 0, got {cfg.seeds!r}")
-    if cfg.guidance.name == "world" and cfg.world.resolution != cfg.render.resolution:
-        raise ConfigError(
-            f"{src}: world.resolution ({cfg.world.resolution}) must equal render.resolution "
-            f"({cfg.render.resolution}) for the closed-form world prior"
-        )
     if cfg.world.background != "fixed" and cfg.guidance.name != "world":
         raise ConfigError(
             f"{src}: world.background={cfg.world.background} is a setting of the closed-form world prior; "

@@ -88,6 +88,20 @@ def test_closed_form_prior_is_the_exact_posterior():
     assert not torch.allclose(ec, eu)
 
 
+def test_closed_form_prior_reads_a_larger_render_at_its_bank_size_as_the_2x2_mean():
+    """A 4x4 render against the 2x2 bank is the mean of each 2x2 block (SD's encoder resizes renders the same way);
+    SDS reaches every render pixel with a quarter of its block's gradient; a 1x1 render is enlarged (bilinear)."""
+    prior = ClosedFormWorldPrior(_tiny_bank(), torch.device("cpu"))
+    render = torch.arange(48.0).view(1, 3, 4, 4).div(47).requires_grad_()
+    x = prior.encode(render)
+    blocks = render.detach().view(1, 3, 2, 2, 2, 2).mean((3, 5))  # [b, c, row block, col block]
+    torch.testing.assert_close(x, blocks * 2 - 1, atol=1e-6, rtol=0)
+    x.sum().backward()
+    torch.testing.assert_close(render.grad, torch.full_like(render, 0.5))
+    assert prior.encode(torch.full((1, 3, 2, 2), 0.25)).tolist() == [[[[-0.5] * 2] * 2] * 3]
+    torch.testing.assert_close(prior.encode(torch.full((1, 3, 1, 1), 0.75)), torch.full((1, 3, 2, 2), 0.5))
+
+
 def _tiny_bank(seed: int = 0) -> dict[str, torch.Tensor]:
     """4 random 2x2 images of 2 captions with random opacity, over white."""
     g = torch.Generator().manual_seed(seed)

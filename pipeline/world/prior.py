@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
@@ -218,12 +219,18 @@ class ClosedFormWorldPrior(Guidance):
         return torch.tensor(out, dtype=torch.long, device=self.device)
 
     def encode(self, images: Tensor) -> Tensor:
-        if images.shape[-1] != self.resolution:
-            raise ValueError(
-                f"render size {images.shape[-1]} != world bank size {self.resolution}; "
-                "set world.resolution = render.resolution"
-            )
-        return images.float() * 2 - 1
+        """Renders [B, 3, H, W] in [0, 1] → [−1, 1] at the bank's size. A render of another size is resampled to it
+        (an area average when shrinking: a 64×64 render to a 32×32 bank is its exact 2×2 mean; bilinear when
+        enlarging), as Stable Diffusion's guidance resizes renders to its VAE's input: the prior works at its own
+        resolution and SDS reaches every render pixel through the resampling."""
+        x = images.float()
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            size = (self.resolution, self.resolution)
+            if x.shape[-1] > self.resolution:
+                x = F.interpolate(x, size, mode="area")
+            else:
+                x = F.interpolate(x, size, mode="bilinear", align_corners=False)
+        return x * 2 - 1
 
     def _mask(self, emb: Tensor) -> Tensor:
         """[B, N] bool: bank entries matching each embedding (caption −1 = all; view −1 = any view). A (caption, view)
