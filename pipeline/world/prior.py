@@ -223,13 +223,10 @@ class ClosedFormWorldPrior(Guidance):
         (an area average when shrinking: a 64×64 render to a 32×32 bank is its exact 2×2 mean; bilinear when
         enlarging), as Stable Diffusion's guidance resizes renders to its VAE's input: the prior works at its own
         resolution and SDS reaches every render pixel through the resampling."""
-        x = images.float()
-        if x.shape[-2:] != (self.resolution, self.resolution):
-            size = (self.resolution, self.resolution)
-            if x.shape[-1] > self.resolution:
-                x = F.interpolate(x, size, mode="area")
-            else:
-                x = F.interpolate(x, size, mode="bilinear", align_corners=False)
+        x, size = images.float(), (self.resolution, self.resolution)
+        if x.shape[-2:] != size:
+            shrink = x.shape[-1] > self.resolution
+            x = F.interpolate(x, size, mode="area") if shrink else F.interpolate(x, size, mode="bilinear")
         return x * 2 - 1
 
     def _mask(self, emb: Tensor) -> Tensor:
