@@ -26,8 +26,8 @@ from pipeline.config import Config  # noqa: E402
 from pipeline.config import load as load_config  # noqa: E402
 from pipeline.nerf.cameras import rays, sample_cameras  # noqa: E402
 from pipeline.nerf.field import GridField  # noqa: E402
+from pipeline.nerf.model import Model, load_model  # noqa: E402
 from pipeline.nerf.renderer import _ray_box  # noqa: E402
-from pipeline.train import Model, load_model  # noqa: E402
 
 THRESHOLDS = (1e-4, 1e-3, 1e-2)
 

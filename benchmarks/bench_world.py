@@ -42,9 +42,9 @@ def step_flops(cfg, guidance) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline.nerf.cameras import sample_cameras, with_suffix
+    from pipeline.nerf.model import Model
     from pipeline.nerf.renderer import render, sample_shading
     from pipeline.sds import TimestepSchedule, sds
-    from pipeline.train import Model
 
     model = Model(cfg)
     g = torch.Generator().manual_seed(0)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.geometry import GRID, grid_points, volume_scores
 from pipeline.mesh import default_threshold, density_grid
-from pipeline.train import initial_model, load_model
+from pipeline.nerf.model import initial_model, load_model
 from pipeline.world.scenes import parse_caption, sdf
 
 THRESHOLDS = (0.5, 1.0, 5.0, 10.0)

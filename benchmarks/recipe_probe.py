@@ -156,7 +156,10 @@ def _one(args: tuple[dict, str, int, str, list[int], int]) -> dict:
     cfg = cfgmod.from_dict(data)
     out = probe_dir(cfg) / f"{text[:-1].replace(' ', '-')}-{seed}"
     t0 = time.time()
-    from pipeline.train import Model, checkpoint_model, checkpoint_step, load_model, pick_device, train
+    from pipeline.checkpoint import checkpoint_step
+    from pipeline.devices import pick_device
+    from pipeline.nerf.model import Model, load_model
+    from pipeline.train import checkpoint_model, train
 
     device = pick_device(cfg)
     guidance = build_guidance(cfg, device, bank)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import Config
 from pipeline.geometry import render_opacity, silhouette_iou
 from pipeline.nerf.cameras import orbit_cameras
-from pipeline.train import load_model
+from pipeline.nerf.model import load_model
 from pipeline.world.scenes import parse_caption
 
 

@@ -54,7 +54,7 @@ def truth_model(cfg: cfgmod.Config, text: str, seed: int, softness: float = SHAR
     import torch
 
     from pipeline.mesh import default_threshold
-    from pipeline.train import initial_model
+    from pipeline.nerf.model import initial_model
     from pipeline.world.scenes import COLOURS, parse_caption, sdf
 
     if cfg.nerf.mlp_hidden:
@@ -94,6 +94,7 @@ def _one(args: tuple[dict, str, int, str, float, str]) -> dict:
     torch.set_num_threads(1)
     import pipeline.train as trainmod
     from pipeline.guidance import build_guidance
+    from pipeline.nerf.model import load_model
 
     cfg = cfgmod.from_dict(data)
     tree = Path(__file__).resolve().parents[1].name
@@ -105,7 +106,7 @@ def _one(args: tuple[dict, str, int, str, float, str]) -> dict:
     if not (out / "model.safetensors").exists():
         with mock.patch.object(trainmod, "initial_model", lambda cfg, seed: first):  # train() builds its model so
             trainmod.train(cfg, text, text, seed, out, build_guidance(cfg, torch.device("cpu"), bank))
-    model, _, _ = trainmod.load_model(out / "model.safetensors", torch.device("cpu"))
+    model, _, _ = load_model(out / "model.safetensors", torch.device("cpu"))
     after = shape_scores(cfg, model, text)
     return {
         "prompt": text,
@@ -126,7 +127,7 @@ def write_sheet(path: Path, rows: list[dict]) -> None:
 
     from pipeline.io import atomic_write
     from pipeline.nerf.cameras import orbit_cameras
-    from pipeline.train import load_model
+    from pipeline.nerf.model import load_model
     from pipeline.views import _grid, eval_azimuths, render_views
 
     images = []

@@ -186,7 +186,7 @@ def field_scores(field: torch.nn.Module, cfg: Config, shape: str, seed: int) -> 
     """The field's volume measures against primitive `shape` on the mesh stage's grid and iso-level: iou, fog,
     iou_scaled and scale, and the init's (`pipeline.train.initial_model` of `seed`) init_iou, init_fog and iou_gain."""
     from pipeline.mesh import default_threshold, density_grid
-    from pipeline.train import initial_model
+    from pipeline.nerf.model import initial_model
     from pipeline.world.scenes import sdf
 
     device = next(field.parameters()).device
@@ -207,7 +207,7 @@ def field_scores(field: torch.nn.Module, cfg: Config, shape: str, seed: int) -> 
 def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[str, Any]:
     """Every measure for one trained world object (see the module docstring)."""
     from pipeline.nerf.cameras import orbit_cameras
-    from pipeline.train import load_model
+    from pipeline.nerf.model import load_model
     from pipeline.world.scenes import parse_caption
 
     model, cfg, ident = load_model(model_path)
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--views", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    from pipeline.train import ModelFileError
+    from pipeline.nerf.model import ModelFileError
 
     try:
         result = score_object(Path(args.model), Path(args.mesh), Path(args.views))

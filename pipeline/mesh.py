@@ -136,7 +136,7 @@ def export(mesh, out_dir: Path) -> None:
 
 def run(model_path: str | Path, out_dir: str | Path, device: torch.device | None = None) -> dict[str, Any]:
     """Extract, clean and export; an empty field is recorded in mesh.json (status 'empty'), not raised."""
-    from pipeline.train import load_model
+    from pipeline.nerf.model import load_model
 
     out_dir = Path(out_dir)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
-    from pipeline.train import ModelFileError
+    from pipeline.nerf.model import ModelFileError
 
     try:
         info = run(args.model, args.out_dir)

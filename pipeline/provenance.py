@@ -1,12 +1,25 @@
-"""Code provenance: which source files a stage runs, so Snakemake re-runs a rule when its code changes."""
+"""Code provenance: the commit that runs, and which source files a stage runs (so Snakemake re-runs a rule when its
+code changes)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
 from functools import cache
 from pathlib import Path
 
 PACKAGE = "pipeline"
+
+
+def git_sha() -> str:
+    """The commit of the code that runs ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _module_file(root: Path, module: str) -> Path | None:

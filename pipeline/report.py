@@ -62,23 +62,18 @@ def object_scores(ev: dict[str, Any], clip: str, mode: str, key: str = "score") 
     }
 
 
-def build(
-    evals: dict[str, dict[str, Any]],
-    out_dir: Path,
-    ground_truth: dict[str, Any] | None = None,
-    bootstrap: int = 2000,
-    seed: int = 0,
-    media: dict[str, list[Path]] | None = None,
-    runs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write every report file from {variant: rprecision.json contents}; return the DVC metrics. `runs` is the
-    `track` rule's mlflow.json (run ids), for the object cards' links to their MLflow runs."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    variants = list(evals)
-    clips = list(next(iter(evals.values()))["models"]) if evals else []
-    world = any("geo_shape" in ev["models"][c] for ev in evals.values() for c in ev["models"])
+PAPER_MODELS = ["ViT-B/32", "ViT-B/16", "ViT-L/14"]
+"""The CLIP models of the paper's Table 1."""
 
-    # ---- Table 1 layout: ours, the ground-truth ceiling, and the paper's rows (quoted)
+
+def _modes(world: bool) -> list[str]:
+    return [*MODES, *(["geo_shape"] if world else [])]
+
+
+def table_md(
+    evals: dict[str, dict[str, Any]], clips: list[str], world: bool, ground_truth: dict[str, Any] | None
+) -> str:
+    """table.md: Table 1's layout with our rows, the ground-truth ceiling, geometry, and the paper's rows quoted."""
     header = ["Method"] + [f"{_short(c)} {m}" for c in clips for m in MODES]
     if world:
         header += [f"{_short(c)} geo (shape)" for c in clips]
@@ -123,40 +118,52 @@ def build(
             if "geometry" in ev:
                 g = ev["geometry"]["summary"]
                 md.append(f"| ours: {v} | " + " | ".join(_num(g.get(k)) for k in GEOMETRY) + " |")
-    paper_models = ["ViT-B/32", "ViT-B/16", "ViT-L/14"]
     md += [
         "",
         "## DreamFusion Table 1 (quoted from the paper, 153 COCO captions, not measured here)",
         "",
-        "| Method | " + " | ".join(f"{m} {k}" for m in paper_models for k in MODES) + " |",
-        "|" + "---|" * (1 + 2 * len(paper_models)),
+        "| Method | " + " | ".join(f"{m} {k}" for m in PAPER_MODELS for k in MODES) + " |",
+        "|" + "---|" * (1 + 2 * len(PAPER_MODELS)),
     ]
     for method, vals in PAPER_TABLE1:
         md.append(
-            f"| {method} (paper) | " + " | ".join(_pct_paper(vals[m][i]) for m in paper_models for i in range(2)) + " |"
+            f"| {method} (paper) | " + " | ".join(_pct_paper(vals[m][i]) for m in PAPER_MODELS for i in range(2)) + " |"
         )
-    atomic_write_text(out_dir / "table.md", "\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
+
+
+def table_csv(
+    evals: dict[str, dict[str, Any]], clips: list[str], world: bool, ground_truth: dict[str, Any] | None
+) -> str:
+    """table.csv: the same numbers as table.md, one row per (method, CLIP, mode)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["source", "method", "clip", "mode", "r_precision_pct", "stderr_pct"])
     if ground_truth:
         for c in clips:
-            for m in [*MODES, *(["geo_shape"] if world else [])]:
+            for m in _modes(world):
                 w.writerow(["ours", "GT renders", c, m, 100 * ground_truth["models"][c][m]["r_precision"], ""])
     for v, ev in evals.items():
         for c in clips:
-            for m in [*MODES, *(["geo_shape"] if world else [])]:
+            for m in _modes(world):
                 r = ev["models"][c][m]
                 w.writerow(["ours", v, c, m, 100 * r["r_precision"], 100 * r["stderr"]])
     for method, vals in PAPER_TABLE1:
-        for m in paper_models:
+        for m in PAPER_MODELS:
             for i, mode in enumerate(MODES):
                 if vals[m][i] is not None:
                     w.writerow(["paper (quoted)", method, m, mode, str(vals[m][i]).strip("()"), ""])
-    atomic_write_text(out_dir / "table.csv", buf.getvalue())
+    return buf.getvalue()
 
-    # ---- variant comparison: bootstrap CIs and paired differences against the first variant
-    plot_rows, metrics = [], {}
+
+def comparison(
+    evals: dict[str, dict[str, Any]], clips: list[str], world: bool, bootstrap: int, seed: int
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """comparison.md (bootstrap CIs and paired differences against the first variant), the per-variant metrics and
+    the plot's rows."""
+    variants = list(evals)
+    plot_rows: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
     comp = [
         "# Variants: R-precision with 95 % bootstrap CIs (objects resampled)",
         "",
@@ -169,7 +176,7 @@ def build(
         metrics[v] = {}
         for c in clips:
             metrics[v][_short(c)] = {}
-            for m in [*MODES, *(["geo_shape"] if world else [])]:
+            for m in _modes(world):
                 key = "shape_score" if m == "geo_shape" else "score"
                 scores = object_scores(ev, c, "geo" if m == "geo_shape" else m, key)
                 base = object_scores(evals[variants[0]], c, "geo" if m == "geo_shape" else m, key)
@@ -194,12 +201,37 @@ def build(
     geo = {v: ev["geometry"] for v, ev in evals.items() if "geometry" in ev}
     if geo:
         comp += ["", *_geometry_comparison(geo, variants[0], bootstrap, seed, metrics)]
-    atomic_write_text(out_dir / "comparison.md", "\n".join(comp) + "\n")
+    return "\n".join(comp) + "\n", metrics, plot_rows
+
+
+def _rows_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(plot_rows[0]) if plot_rows else ["variant"])
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["variant"])
     w.writeheader()
-    w.writerows(plot_rows)
-    atomic_write_text(out_dir / "rprecision.csv", buf.getvalue())
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def build(
+    evals: dict[str, dict[str, Any]],
+    out_dir: Path,
+    ground_truth: dict[str, Any] | None = None,
+    bootstrap: int = 2000,
+    seed: int = 0,
+    media: dict[str, list[Path]] | None = None,
+    runs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write every report file from {variant: rprecision.json contents}; return the DVC metrics. `runs` is the
+    `track` rule's mlflow.json (run ids), for the object cards' links to their MLflow runs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants = list(evals)
+    clips = list(next(iter(evals.values()))["models"]) if evals else []
+    world = any("geo_shape" in ev["models"][c] for ev in evals.values() for c in ev["models"])
+    atomic_write_text(out_dir / "table.md", table_md(evals, clips, world, ground_truth))
+    atomic_write_text(out_dir / "table.csv", table_csv(evals, clips, world, ground_truth))
+    comp, metrics, plot_rows = comparison(evals, clips, world, bootstrap, seed)
+    atomic_write_text(out_dir / "comparison.md", comp)
+    atomic_write_text(out_dir / "rprecision.csv", _rows_csv(plot_rows))
     if ground_truth:
         metrics["ground_truth"] = {
             _short(c): {m: round(ground_truth["models"][c][m]["r_precision"], 4) for m in ground_truth["models"][c]}

@@ -30,8 +30,7 @@ import os
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,24 +38,23 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.io import atomic_write_json, current_umask, fsync_dir
+from pipeline.live_logging import (
+    CHILD,
+    LIVE_RECORD,
+    experiment_id,
+    log_metrics,
+    new_client,
+    object_tags,
+    redact_uri,
+    tracking_uri,
+)
 from pipeline.metrics import GEOMETRY
 from pipeline.prompts import read_prompts_json
 
-PARENT, CHILD = "variant", "object"
-LIVE_RECORD = "tracking.json"
-"""Written by a training job that logged live to a server: {"run_id": ...}."""
+PARENT = "variant"
 OBJECT_ARTIFACTS = ("turntable.mp4", "turntable.gif", "sheet.png", "mesh.glb", "mesh.ply", "mesh.json", "views.json")
 PARAM_KEYS = ("seed", "guidance_scale", "cfg_convention", "device", "steps", "resumed_from", "config_digest")
 """metrics.json entries that are per-object constants: logged as params, never as metrics."""
-
-
-def tracking_uri(cfg: Config) -> str:
-    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def is_server(uri: str) -> bool:
-    """A tracking server serialises writes itself, so jobs may log to it while they run."""
-    return uri.startswith(("http://", "https://", "databricks"))
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -76,13 +74,6 @@ def _locked(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _new_client(uri: str):
-    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
-
-
 def ensure_store(uri: str) -> None:
     """Create a missing SQLite store atomically (migrated in a temp file, then renamed); call under the lock."""
     db = _sqlite_path(uri)
@@ -93,7 +84,7 @@ def ensure_store(uri: str) -> None:
     os.close(fd)
     os.unlink(tmp)  # MLflow must create the file itself
     try:
-        client = _new_client(f"sqlite:///{tmp}")
+        client = new_client(f"sqlite:///{tmp}")
         client.search_experiments()  # runs the migrations
         client._tracking_client.store.engine.dispose()
         os.chmod(tmp, 0o666 & ~current_umask())
@@ -107,17 +98,16 @@ def client_for(cfg: Config):
     """(MlflowClient, uri) with the store guaranteed to exist; call under :func:`_locked`."""
     uri = tracking_uri(cfg)
     ensure_store(uri)
-    return _new_client(uri), uri
+    return new_client(uri), uri
 
 
-def _experiment(client, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
-
-
-def _find_all(client, exp_id: str, **tags: str) -> list:
+def _find_all(client, exp_id: str, results_dir: Path, **tags: str) -> list:
+    """Runs with these tags that this checkout made: those whose `results_dir` tag is `results_dir`. Another clone
+    sharing the store tracks runs of the same names from another folder, and those are never touched."""
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-    return client.search_runs([exp_id], filter_string=query, max_results=1000)
+    runs = client.search_runs([exp_id], filter_string=query, max_results=1000)
+    where = str(results_dir.resolve())
+    return [r for r in runs if r.data.tags.get("results_dir") == where]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -138,76 +128,8 @@ def _log_params(client, run_id: str, params: dict[str, str]) -> None:
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def _log_metrics(client, run_id: str, metrics: list) -> None:
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
-
-
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _object_tags(cfg: Config, variant: str, prompt_id: str, seed: int, text: str, folder: Path) -> dict[str, str]:
-    from pipeline.train import git_sha
-
-    return {
-        "kind": CHILD,
-        "variant": variant,
-        "prompt_id": prompt_id,
-        "seed": str(seed),
-        "prompt": text,
-        "git_sha": git_sha(),
-        "params_hash": cfg.digest(),
-        "cfg_convention": cfg.guidance.convention,
-        "results_dir": str(folder.resolve()),
-    }
-
-
-# --------------------------------------------------------------------------- live logging (server only)
-
-
-@contextmanager
-def live_training(
-    cfg: Config, prompt_id: str, text: str, seed: int, out: Path
-) -> Iterator[Callable[[int, dict[str, float]], None] | None]:
-    """For a tracking server only: a per-step hook that logs losses live to the object's child run (flushed in
-    batches); the run id goes to `out/tracking.json` for :func:`log_benchmark`. Yields None otherwise. Errors are
-    warnings: tracking never fails a training job."""
-    uri = tracking_uri(cfg)
-    (out / LIVE_RECORD).unlink(missing_ok=True)  # a record from an earlier run of this object is stale
-    if not (cfg.tracking.enabled and is_server(uri)):
-        yield None
-        return
-    try:
-        from mlflow.entities import Metric
-
-        client = _new_client(uri)
-        exp_id = _experiment(client, cfg.prompts.benchmark)
-        variant = out.resolve().parents[1].name
-        tags = _object_tags(cfg, variant, prompt_id, seed, text, out) | {"live": "true"}
-        run_id = client.create_run(exp_id, run_name=f"{prompt_id}/seed{seed}", tags=tags).info.run_id
-        atomic_write_json(out / LIVE_RECORD, {"run_id": run_id, "uri": uri})
-    except Exception as exc:  # tracking must never fail training
-        warnings.warn(f"live MLflow logging to {uri} disabled: {exc}", stacklevel=2)
-        yield None
-        return
-    buffer: list[Any] = []
-
-    def flush() -> None:
-        try:
-            _log_metrics(client, run_id, buffer)
-        except Exception as exc:  # a lost live batch is logged again by `track`
-            warnings.warn(f"MLflow: could not log {len(buffer)} step metrics live ({exc})", stacklevel=2)
-        buffer.clear()
-
-    def hook(step: int, metrics: dict[str, float]) -> None:
-        ts = int(time.time() * 1000)
-        buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step")
-        if len(buffer) >= 1000:
-            flush()
-
-    yield hook
-    flush()
 
 
 # --------------------------------------------------------------------------- logging the records (track rule)
@@ -217,7 +139,7 @@ def _object_run(client, exp_id: str, parent: str, cfg: Config, variant: str, fol
     """The object's child run: the live run recorded in tracking.json, else a new one (replacing older records)."""
     prompt_id, seed = folder.parent.name, int(folder.name.removeprefix("seed"))
     live = folder / LIVE_RECORD
-    old = _find_all(client, exp_id, kind=CHILD, variant=variant, prompt_id=prompt_id, seed=str(seed))
+    old = _find_all(client, exp_id, folder, kind=CHILD, variant=variant, prompt_id=prompt_id, seed=str(seed))
     keep = json.loads(live.read_text())["run_id"] if live.exists() else None
     for run in old:
         if run.info.run_id != keep:
@@ -226,7 +148,7 @@ def _object_run(client, exp_id: str, parent: str, cfg: Config, variant: str, fol
         client.set_tag(keep, "mlflow.parentRunId", parent)
         client.set_tag(keep, "results_dir", str(folder.resolve()))
         return keep
-    tags = _object_tags(cfg, variant, prompt_id, seed, text, folder) | {"mlflow.parentRunId": parent}
+    tags = object_tags(cfg, variant, prompt_id, seed, text, folder) | {"mlflow.parentRunId": parent}
     run_id = client.create_run(exp_id, run_name=f"{prompt_id}/seed{seed}", tags=tags).info.run_id
     _log_params(client, run_id, _flatten(cfg.to_dict()))
     return run_id
@@ -242,15 +164,15 @@ def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
         history = [
             Metric(k, float(v), ts, s["step"]) for s in steps for k, v in s.items() if k != "step" and _number(v)
         ]
-        _log_metrics(client, run_id, history)
+        log_metrics(client, run_id, history)
     _log_params(client, run_id, {f"object.{k}": str(record[k]) for k in PARAM_KEYS if k in record})
     measured = _flatten({k: v for k, v in record.items() if k not in PARAM_KEYS})
     final = [Metric(f"final.{k}", float(v), ts, 0) for k, v in measured.items() if _float(v) is not None]
-    _log_metrics(client, run_id, final)
+    log_metrics(client, run_id, final)
     geometry = folder / "geometry.json"
     if geometry.exists():
         g = json.loads(geometry.read_text())
-        _log_metrics(
+        log_metrics(
             client, run_id, [Metric(f"geometry.{k}", float(g[k]), ts, 0) for k in GEOMETRY if _number(g.get(k))]
         )
     client.log_artifact(run_id, str(folder / "metrics.json"))
@@ -282,7 +204,7 @@ def _log_evaluation(client, parent: str, runs: dict[tuple[str, int], str], resul
     for k, v in result.get("geometry", {}).get("summary", {}).items():
         if v is not None:
             summary.append(Metric(f"geometry.{k}", float(v), ts, 0))
-    _log_metrics(client, parent, summary)
+    log_metrics(client, parent, summary)
     per_run: dict[str, list] = {}
     for o in result["objects"]:
         run_id = runs.get((o["prompt_id"], o["seed"]))
@@ -293,7 +215,7 @@ def _log_evaluation(client, parent: str, runs: dict[tuple[str, int], str], resul
         if "shape_score" in o:
             ms.append(Metric(f"rprecision.{_short(o['clip'])}.geo_shape", float(o["shape_score"]), ts, 0))
     for run_id, ms in per_run.items():
-        _log_metrics(client, run_id, ms)
+        log_metrics(client, run_id, ms)
 
 
 def log_variant(client, cfg: Config, variant_dir: Path, texts: dict[str, str]) -> dict[str, Any]:
@@ -301,8 +223,8 @@ def log_variant(client, cfg: Config, variant_dir: Path, texts: dict[str, str]) -
     from mlflow.entities import RunStatus
 
     variant = variant_dir.name
-    exp_id = _experiment(client, cfg.prompts.benchmark)
-    parents = _find_all(client, exp_id, kind=PARENT, variant=variant)
+    exp_id = experiment_id(client, cfg.prompts.benchmark)
+    parents = _find_all(client, exp_id, variant_dir, kind=PARENT, variant=variant)
     for run in parents:
         client.delete_run(run.info.run_id)
     tags = {
@@ -339,9 +261,9 @@ def log_benchmark(variant_dirs: list[Path], prompts: Path, out: Path) -> dict[st
         cfg0 = cfgs[enabled[0]]
         with _locked(tracking_uri(cfg0)):
             client, uri = client_for(cfg0)
-            record["uri"] = uri
+            record["uri"] = redact_uri(uri)
             record["experiment"] = cfg0.prompts.benchmark
-            record["experiment_id"] = _experiment(client, cfg0.prompts.benchmark)
+            record["experiment_id"] = experiment_id(client, cfg0.prompts.benchmark)
             for d in enabled:
                 record["variants"][d.name] = log_variant(client, cfgs[d], d, texts)
     atomic_write_json(out, record)

@@ -24,8 +24,8 @@ from torch import Tensor
 from pipeline.config import Config
 from pipeline.io import atomic_path, atomic_write, atomic_write_json
 from pipeline.nerf.cameras import Cameras, orbit_cameras, rays
+from pipeline.nerf.model import Model, ModelFileError, load_model
 from pipeline.nerf.renderer import Shading, render_chunked
-from pipeline.train import Model, ModelFileError, load_model
 
 MODES = ("color", "textureless", "normal", "depth")
 

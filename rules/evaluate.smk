@@ -119,8 +119,7 @@ rule findings:
 
 
 rule publish:
-    """Copy the study's findings page and plot to docs/findings/<study>.{md,png}, the pages the README links, and
-    its summary into the README's findings block for the study
+    """Copy the study's findings page, plot and summary to docs/findings/ and rebuild its index, docs/findings/README.md
     (`snakemake --cores all publish --configfile configs/<sweep>.yaml`; not part of `all`)."""
     input:
         md=f"{REPORT}/findings.md",
@@ -130,6 +129,8 @@ rule publish:
     output:
         md=f"docs/findings/{STUDY}.md",
         png=f"docs/findings/{STUDY}.png",
+        summary=f"docs/findings/{STUDY}.summary.md",
+        index="docs/findings/README.md",
     params:
         src=lambda w, input: os.path.dirname(input.md),
         dest=lambda w, output: os.path.dirname(output.md),
@@ -140,4 +141,4 @@ rule publish:
         "../envs/dreamfusion.yaml"
     shell:
         "python -m pipeline.findings --study {params.study:q} --out-dir {params.src:q} --publish-to {params.dest:q}"
-        " --readme README.md > {log:q} 2>&1"
+        " > {log:q} 2>&1"

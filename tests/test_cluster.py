@@ -84,7 +84,7 @@ def test_sigkill_mid_training_then_retry_resumes_to_the_same_weights(workdir):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    from pipeline.train import checkpoint_step
+    from pipeline.checkpoint import checkpoint_step
 
     step = checkpoint_step(killed / "checkpoint")
     assert 0 < step < 40 and not (killed / "model.safetensors").exists()
@@ -98,7 +98,7 @@ def test_sigint_mid_training_checkpoints_that_step_and_resumes_to_the_same_weigh
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM: training stops after the current step with a checkpoint there and
     exits 130/143; the next run resumes to the weights of an uninterrupted run."""
     wd, pid, env, cmd = _train_cli(workdir)
-    from pipeline.train import checkpoint_step
+    from pipeline.checkpoint import checkpoint_step
 
     full = wd / "full" / pid / "seed0"
     subprocess.run(cmd(full), cwd=wd, env=env, check=True, capture_output=True)
@@ -149,7 +149,7 @@ def test_ctrl_c_on_snakemake_keeps_the_training_done(workdir):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
-    from pipeline.train import checkpoint_step
+    from pipeline.checkpoint import checkpoint_step
 
     step = checkpoint_step(obj / "checkpoint")
     assert step is not None and step >= 50 and not (obj / "model.safetensors").exists()

@@ -301,7 +301,7 @@ def test_gpu_presets_bound_what_checkpoints_write(preset):
     """Issue #17: the GPU presets wrote their 0.46 GB checkpoint (38.3 M field parameters + two Adam moments, fp32)
     every 500 steps: 9 GB per object, 2.8 TB over the benchmark. Now at most 4 writes per object, and since the field
     lost its decoder's 16 feature channels (session 16) a checkpoint is 0.12 GB (9.6 M parameters)."""
-    from pipeline.train import Model
+    from pipeline.nerf.model import Model
 
     cfg = from_dict(yaml.safe_load((ROOT / "configs" / f"{preset}.yaml").read_text()))
     params = sum(p.numel() for p in Model(cfg).parameters())

@@ -5,10 +5,11 @@ import numpy as np
 import open3d as o3d
 import torch
 
+from pipeline.checkpoint import identity
 from pipeline.config import from_dict
 from pipeline.mesh import clean, export, extract, stats
 from pipeline.mesh import run as mesh_run
-from pipeline.train import Model, identity, save_model
+from pipeline.nerf.model import Model, save_model
 from pipeline.views import mesh_silhouettes, silhouette_iou
 from pipeline.views import run as views_run
 from tests.test_nerf import Ball

@@ -25,7 +25,8 @@ def test_evaluator_bar_on_a_small_held_out_sample(scorer):
 
 
 def test_training_a_red_cube_is_retrieved_as_a_red_cube(tmp_path, scorer):
-    from pipeline.train import load_model, train
+    from pipeline.nerf.model import load_model
+    from pipeline.train import train
     from pipeline.views import eval_azimuths, render_views
     from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
     from pipeline.world.scenes import CAPTIONS
@@ -72,7 +73,7 @@ def test_the_recipe_makes_a_cube_not_fog(tmp_path):
     prior = ClosedFormWorldPrior(generate_bank(cfg), torch.device("cpu"))
     out = tmp_path / "v" / "p" / "seed0"
     train(cfg, "a-green-cube", "a green cube.", 0, out, prior)
-    from pipeline.train import load_model
+    from pipeline.nerf.model import load_model
 
     model, cfg, _ = load_model(out / "model.safetensors")
     sigma = torch.from_numpy(density_grid(model.field, GRID, torch.device("cpu"))).reshape(-1)

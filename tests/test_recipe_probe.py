@@ -37,7 +37,7 @@ def test_sheets_stack_top_to_bottom_padded_white_on_the_right(tmp_path):
 def test_an_untrained_object_scores_its_init_and_gains_nothing():
     from benchmarks.recipe_probe import shape_scores
     from pipeline.config import from_dict
-    from pipeline.train import initial_model
+    from pipeline.nerf.model import initial_model
 
     cfg = from_dict(probe_settings(None, []))
     got = shape_scores(cfg, initial_model(cfg, 3), "an orange pyramid.", seed=3)

@@ -7,9 +7,11 @@ import pickle
 import pytest
 import torch
 
+from pipeline.checkpoint import checkpoint_step, save_checkpoint
 from pipeline.config import from_dict
+from pipeline.devices import claim_gpu_slot
 from pipeline.evaluate import ClipScorer, EvaluationError
-from pipeline.train import checkpoint_step, claim_gpu_slot, save_checkpoint, train
+from pipeline.train import train
 from tests.test_train import TINY
 
 
@@ -21,8 +23,8 @@ def test_unwritable_output_folder(tmp_path):
 
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-    import pipeline.train as tr
-    from pipeline.train import Model
+    import pipeline.checkpoint as tr
+    from pipeline.nerf.model import Model
 
     cfg = from_dict({**TINY, "nerf": {"kind": "grid", "resolution": 12}})
     model = Model(cfg)
@@ -67,7 +69,7 @@ def test_gpu_slots_are_exclusive(tmp_path):
     import sys
 
     assert claim_gpu_slot(2, tmp_path) == 0
-    code = f"from pipeline.train import claim_gpu_slot; import sys; print(claim_gpu_slot(2, {str(tmp_path)!r}))"
+    code = f"from pipeline.devices import claim_gpu_slot; import sys; print(claim_gpu_slot(2, {str(tmp_path)!r}))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == "1"
     code = code.replace("claim_gpu_slot(2", "claim_gpu_slot(1")
@@ -103,7 +105,7 @@ def test_atomic_write_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
 @pytest.mark.parametrize("guidance", ["stable-diffusion", "deepfloyd-if"])
 def test_a_gpu_prior_without_a_gpu_stops_at_once(monkeypatch, guidance):
     """A tiny SD sat at 0/3 steps for 8 minutes on the CPU instead of saying there is no GPU."""
-    from pipeline.train import NoGPU, pick_device
+    from pipeline.devices import NoGPU, pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(
@@ -143,7 +145,7 @@ def test_train_cli_reports_a_missing_gpu_in_one_line(tmp_path):
 
 
 def _tiny_run(tmp_path, steps=6):
-    from pipeline.train import Model
+    from pipeline.nerf.model import Model
 
     cfg = from_dict({**TINY, "train": {**TINY["train"], "steps": steps}})
     model = Model(cfg)
@@ -153,7 +155,7 @@ def _tiny_run(tmp_path, steps=6):
 
 def test_checkpoint_is_one_file_with_its_step(tmp_path):
     """Weights and step used to be two renames: a kill between them resumed new weights at an old step."""
-    from pipeline.train import identity, load_checkpoint
+    from pipeline.checkpoint import identity, load_checkpoint
 
     cfg, model, opt = _tiny_run(tmp_path)
     ident = identity(cfg, "p", "a red cube.", 0)
@@ -166,7 +168,7 @@ def test_checkpoint_is_one_file_with_its_step(tmp_path):
     ("step", "needle"), [(1000, "step 1000 is outside this run's 1..5"), (-5, "step -5 is outside this run's 1..5")]
 )
 def test_checkpoint_step_outside_the_run_is_refused(tmp_path, step, needle):
-    from pipeline.train import CheckpointError, identity, load_checkpoint
+    from pipeline.checkpoint import CheckpointError, identity, load_checkpoint
 
     cfg, model, opt = _tiny_run(tmp_path)
     ident = identity(cfg, "p", "a red cube.", 0)
@@ -178,7 +180,7 @@ def test_checkpoint_step_outside_the_run_is_refused(tmp_path, step, needle):
 def test_non_finite_checkpoint_is_never_written_or_resumed(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from pipeline.train import CheckpointError, identity, load_checkpoint
+    from pipeline.checkpoint import CheckpointError, identity, load_checkpoint
 
     cfg, model, opt = _tiny_run(tmp_path)
     ident = identity(cfg, "p", "a red cube.", 0)
@@ -203,7 +205,7 @@ def test_non_finite_checkpoint_is_never_written_or_resumed(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"truncated", b"\x00" * 64])
 def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path, content):
-    from pipeline.train import CheckpointError, identity, load_checkpoint
+    from pipeline.checkpoint import CheckpointError, identity, load_checkpoint
 
     cfg, model, opt = _tiny_run(tmp_path)
     (tmp_path / "checkpoint.safetensors").write_bytes(content)
@@ -237,7 +239,7 @@ def test_nan_views_are_an_evaluation_error_not_a_hit(tmp_path):
 
 def test_nan_field_is_a_mesh_error_not_an_empty_success(tmp_path):
     from pipeline.mesh import NonFiniteField, extract
-    from pipeline.train import Model
+    from pipeline.nerf.model import Model
 
     cfg = from_dict({**TINY, "nerf": {"kind": "grid", "resolution": 12}})
     model = Model(cfg)
@@ -248,7 +250,8 @@ def test_nan_field_is_a_mesh_error_not_an_empty_success(tmp_path):
 
 
 def _saved_model(tmp_path):
-    from pipeline.train import Model, identity, save_model
+    from pipeline.checkpoint import identity
+    from pipeline.nerf.model import Model, save_model
 
     cfg = from_dict({**TINY, "nerf": {"kind": "grid", "resolution": 12}})
     path = tmp_path / "obj" / "model.safetensors"

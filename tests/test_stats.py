@@ -119,14 +119,34 @@ def test_findings_separate_a_real_difference_and_state_the_mdd_otherwise(tmp_pat
     # same inputs, same page: a re-run reproduces the findings to the digit
     assert findings.write("sweep-test", evals, configs, tmp_path / "again", n_resamples=2000) == md
     summary = (tmp_path / "summary.md").read_text()
-    assert summary.startswith("**[sweep-test](docs/findings/sweep-test.md)** — 3 variants, n = 16 paired objects")
+    assert summary.startswith("**[sweep-test](sweep-test.md)** — 3 variants, n = 16 paired objects")
     assert "- 3D IoU: w = 3.0 better (+0.0" in summary and "the others within the MDD of 0.0" in summary
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- findings:sweep-test -->\nold\n<!-- /findings:sweep-test -->\nafter\n")
-    findings.publish(tmp_path, "sweep-test", tmp_path / "docs", readme)
-    assert "](sweep-test.png)" in (tmp_path / "docs/sweep-test.md").read_text()
-    assert (tmp_path / "docs/sweep-test.png").read_bytes() == (tmp_path / "findings.png").read_bytes()
-    assert readme.read_text() == f"# x\n<!-- findings:sweep-test -->\n{summary}<!-- /findings:sweep-test -->\nafter\n"
+    readme.write_text("# x\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "other.summary.md").write_text("**[other](other.md)** — an earlier study\n")
+    findings.publish(tmp_path, "sweep-test", docs)
+    assert "](sweep-test.png)" in (docs / "sweep-test.md").read_text()
+    assert (docs / "sweep-test.png").read_bytes() == (tmp_path / "findings.png").read_bytes()
+    assert (docs / "README.md").read_text() == (
+        findings.INDEX_HEADER + "\n**[other](other.md)** — an earlier study\n" + f"\n{summary}"
+    )
+    assert readme.read_text() == "# x\n"  # publish writes only under its destination
+
+
+def test_config_text_cannot_break_the_published_pages(tmp_path):
+    """A string setting that differs between variants reaches the labels; markers, tags, table bars and links in it
+    are escaped, so a re-publish leaves nothing behind."""
+    hostile = "<!-- /findings:x --> | [a](http://x) `c`"
+    configs = {
+        "a": {"guidance": {"negative_prompt": "plain"}},
+        "b": {"guidance": {"negative_prompt": hostile}},
+    }
+    names, varying = findings.labels(configs)
+    assert varying == ["guidance.negative_prompt"]
+    assert names["b"] == "guidance.negative_prompt = &lt;!-- /findings:x --&gt; \\| [a]\\(http://x) 'c'"
+    assert "<!--" not in names["b"] and "|" not in names["b"].replace("\\|", "")
 
 
 def test_findings_lists_prompts_that_fail_under_every_variant(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import config as cfgmod
-from pipeline import tracking
+from pipeline import live_logging, tracking
 
 
 def _fake_results(root: Path, variant: str = "world-w10-uniform", objects: int = 2, steps: int = 3) -> Path:
@@ -107,21 +107,21 @@ def test_records_are_logged_with_params_and_history(tmp_path, monkeypatch):
 def test_a_store_creation_that_dies_leaves_nothing_behind(tmp_path, monkeypatch):
     """A process killed while creating the store used to leave it unusable; now the store appears only complete."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    real = tracking._new_client
+    real = tracking.new_client
 
     def dying(u):
         client = real(u)
         client.search_experiments()  # the migrations ran on the temp file ...
         raise KeyboardInterrupt  # ... and the process dies before the rename
 
-    monkeypatch.setattr(tracking, "_new_client", dying)
+    monkeypatch.setattr(tracking, "new_client", dying)
     with pytest.raises(KeyboardInterrupt):
         tracking.ensure_store(uri)
     assert not (tmp_path / "mlflow.db").exists()
     assert not [p for p in tmp_path.iterdir() if p.name != "mlflow.db.lock"]
-    monkeypatch.setattr(tracking, "_new_client", real)
+    monkeypatch.setattr(tracking, "new_client", real)
     tracking.ensure_store(uri)
-    assert tracking._new_client(uri).search_experiments()  # usable: the Default experiment exists
+    assert tracking.new_client(uri).search_experiments()  # usable: the Default experiment exists
 
 
 def test_jobs_do_not_open_a_sqlite_store(tmp_path, monkeypatch):
@@ -130,7 +130,7 @@ def test_jobs_do_not_open_a_sqlite_store(tmp_path, monkeypatch):
     out = tmp_path / "results/b/v/p/seed0"
     out.mkdir(parents=True)
     (out / tracking.LIVE_RECORD).write_text('{"run_id": "stale"}')
-    with tracking.live_training(cfg, "p", "text", 0, out) as hook:
+    with live_logging.live_training(cfg, "p", "text", 0, out) as hook:
         assert hook is None
     assert not (tmp_path / "mlflow.db").exists()
     assert not (out / tracking.LIVE_RECORD).exists()
@@ -143,7 +143,7 @@ def test_an_unreachable_server_never_fails_training(tmp_path):
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     try:
         with pytest.warns(UserWarning, match="live MLflow logging to http://127.0.0.1:9 disabled"):
-            with tracking.live_training(cfg, "p", "text", 0, out) as hook:
+            with live_logging.live_training(cfg, "p", "text", 0, out) as hook:
                 assert hook is None
     finally:
         del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]

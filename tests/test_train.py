@@ -4,17 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.checkpoint import CheckpointError, CheckpointMismatch, checkpoint_step
 from pipeline.config import from_dict
-from pipeline.train import (
-    CheckpointError,
-    CheckpointMismatch,
-    TrainingDiverged,
-    checkpoint_model,
-    checkpoint_step,
-    learning_rate,
-    load_model,
-    train,
-)
+from pipeline.nerf.model import load_model
+from pipeline.train import TrainingDiverged, checkpoint_model, learning_rate, train
 from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
 
 TINY = {
@@ -197,7 +190,7 @@ def test_guidance_debug_strips_leave_training_unchanged(tmp_path, prior):
 def test_initial_model_is_where_training_starts_whatever_was_drawn_before(tmp_path, prior, decoder):
     """pipeline.geometry rebuilds the untrained init from (config, seed) to score iou_gain: it must be exactly the
     model training started from, however much of the global random stream loading the guidance consumed."""
-    from pipeline.train import initial_model
+    from pipeline.nerf.model import initial_model
 
     cfg = from_dict({**TINY, "nerf": {**TINY["nerf"], **decoder}, "train": {**TINY["train"], "steps": 1, "lr": 1e-30}})
     torch.manual_seed(123)

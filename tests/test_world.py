@@ -189,7 +189,7 @@ def test_ground_truth_objects_equal_direct_renders_of_each_caption():
     """Ground truth renders each shape once in white and colours it; that equals rendering every caption."""
     from pipeline.evaluate import ground_truth_objects
     from pipeline.nerf.cameras import orbit_cameras
-    from pipeline.train import Model
+    from pipeline.nerf.model import Model
     from pipeline.views import eval_azimuths, render_views
 
     cfg = from_dict({"views": {"resolution": 16, "samples": 24, "azimuths": 3}})
