@@ -19,6 +19,7 @@ include: "rules/prepare.smk"
 include: "rules/train.smk"
 include: "rules/views.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 include: "rules/world.smk"
 
 

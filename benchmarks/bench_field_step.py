@@ -16,10 +16,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from recipe_probe import probe_settings  # noqa: E402
-
+from benchmarks.recipe_probe import probe_settings  # noqa: E402
 from pipeline import config as cfgmod  # noqa: E402
 from pipeline.nerf.cameras import sample_cameras  # noqa: E402
 from pipeline.nerf.field import build_field  # noqa: E402

@@ -40,12 +40,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_models import save_tiny_if, save_tiny_sd
-
     from pipeline.guidance.deepfloyd_if import DeepFloydIFGuidance
     from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
     from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
+    from tests.tiny_models import save_tiny_if, save_tiny_sd
 
     cpu = torch.device("cpu")
     rows = []

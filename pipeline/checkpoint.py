@@ -25,7 +25,6 @@ def identity(cfg: Config, prompt_id: str, text: str, seed: int) -> dict[str, Any
     return {"config_digest": cfg.digest(), "prompt_id": prompt_id, "prompt": text, "seed": seed}
 
 
-
 CHECKPOINT = "checkpoint.safetensors"
 """One file per checkpoint: weights, Adam moments, and in its metadata the step, the run's identity and Adam's
 scalars. Written by one atomic rename, so weights and step can never disagree after a kill."""
@@ -107,6 +106,7 @@ def load_checkpoint(directory: Path, model: Model, opt: torch.optim.Optimizer, i
 
 FINAL = ("model.safetensors", "metrics.json")
 """A finished run's outputs, kept as hard links in checkpoint/final-<name> (no extra disk space)."""
+
 
 def _link_replace(src: Path, dst: Path) -> None:
     """dst becomes a hard link to src, atomically (a copy where the filesystem has no hard links)."""

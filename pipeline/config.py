@@ -199,9 +199,9 @@ class FieldConfig:
     """How ∇σ (normals −∇σ/‖∇σ‖, Lambertian shading, the orientation penalty) is computed. finite_difference: central
     differences `render.normal_eps` apart (6 more field queries a sample with an MLP decoder; a direct grid takes
     them on its nodes in the same lookup). analytic: the exact derivative of σ at the sample by autograd (threestudio's
-    DreamFusion `normal_type: analytic`), one query a sample. With an MLP-decoded 16³…128³ pyramid (the GPU presets'
-    until session 16) it halves the field's step (12.1 → 6.7 s on 2 CPU cores); a direct grid's node differences stay
-    the cheaper (0.118 against 0.193 s for the default): benchmarks/bench_field_step.py, benchmarks/RESULTS.md."""
+    DreamFusion `normal_type: analytic`), one query a sample. With an MLP-decoded 16³…128³ pyramid it halves the
+    field's step (12.1 → 6.7 s on 2 CPU cores); a direct grid's node differences stay the cheaper (0.118 against
+    0.193 s for the default): benchmarks/bench_field_step.py, benchmarks/RESULTS.md."""
     lookup: Literal["grid_sample", "gather"] = "grid_sample"
     """How the grids are read at the sample points (trilinear, zero outside the cube, either way). grid_sample:
     torch's `F.grid_sample`. gather: the same interpolation written as 8 corner gathers and their weights, so autograd
@@ -273,7 +273,7 @@ class TrainConfig:
     normal_smooth_weight: Scheduled = 0.0
     """Weight of the rendered normal map's roughness: the mean squared difference of neighbouring pixels of the
     opacity-weighted normals, down and across (stable-dreamfusion's `lambda_2d_normal_smooth`). Against shaded
-    renders folding the surface into crumples (benchmarks/RESULTS.md, session 15); needs normals every step."""
+    renders folding the surface into crumples (measured in docs/recipe.md); needs normals every step."""
     eikonal_weight: Scheduled = 0.0
     """Eikonal term mean((‖∇z‖ − 1)²) over the finest grid's nodes, z the pre-activation with the blob (central
     differences; with an MLP, its density output there): keeps an `sdf` field's z a signed distance."""
@@ -616,6 +616,14 @@ def _check_semantics(cfg: Config, src: str) -> None:
     ]:
         if len(pair) != 2 or pair[0] > pair[1]:
             raise ConfigError(f"{src}: {key} must be [low, high] with low <= high, got {pair!r}")
+    for key, pair in [("camera.distance", cfg.camera.distance), ("camera.focal", cfg.camera.focal)]:
+        if pair[0] <= 0:
+            raise ConfigError(f"{src}: {key} must be positive (a camera in front of the object), got {pair!r}")
+    if "@" in cfg.tracking.uri.split("://", 1)[-1].split("/", 1)[0]:
+        raise ConfigError(
+            f"{src}: tracking.uri must not carry a user or password (it would be written into every result); give "
+            "them to MLflow as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead"
+        )
     s = cfg.schedule
     for key, v in [("schedule.t_min", s.t_min), ("schedule.t_max", s.t_max)]:
         values = [v] if isinstance(v, float) else v[1:3]

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Config
+from pipeline.guidance import needs_gpu
 
 _GPU_LOCK = None
 
@@ -37,10 +38,6 @@ class NoGPU(RuntimeError):
     """A run that needs CUDA found none; raised before any model is loaded."""
 
 
-GPU_GUIDANCE = ("stable-diffusion", "deepfloyd-if")
-"""Priors that are only practical on a GPU: with train.device auto and no CUDA, training stops at once."""
-
-
 def pick_device(cfg: Config) -> torch.device:
     """auto = CUDA when visible; a GPU prior (SD, IF) with no CUDA visible is an error unless train.device is cpu.
     With several visible GPUs and no scheduler pinning (CUDA_VISIBLE_DEVICES unset), a free one is claimed by lock
@@ -51,7 +48,7 @@ def pick_device(cfg: Config) -> torch.device:
     if not torch.cuda.is_available():
         if name == "cuda":
             raise NoGPU("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-        if cfg.guidance.name in GPU_GUIDANCE:
+        if needs_gpu(cfg.guidance.name):
             raise NoGPU(
                 f"guidance.name={cfg.guidance.name} needs a CUDA GPU and none is visible (torch.cuda.is_available() "
                 "is False). Run on a GPU machine, or set train.device: cpu to train on the CPU anyway (very slow)"

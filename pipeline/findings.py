@@ -17,7 +17,6 @@ import csv
 import html
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +25,7 @@ import yaml
 
 from pipeline import stats
 from pipeline.io import atomic_path, atomic_write_text
-from pipeline.metrics import clip_short_name
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    label: str
-    higher_is_better: bool
-    percent: bool = False
-    matters: float = 0.05
-    """The smallest difference worth detecting (in the metric's own unit, a fraction for percentages)."""
-
-    def fmt(self, x: float, signed: bool = False) -> str:
-        if x is None or not np.isfinite(x):
-            return "–"
-        v, digits = (100 * x, 1) if self.percent else (x, 3)
-        return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-
-    @property
-    def unit(self) -> str:
-        return " points" if self.percent else ""
-
-
-METRICS = (
-    Metric("iou", "3D IoU", True, matters=0.05),
-    Metric("fog", "fog (density mass outside the shape)", False, matters=0.02),
-    Metric("chamfer", "Chamfer distance", False, matters=0.01),
-    Metric("normal_consistency", "normal consistency", True, matters=0.03),
-    Metric("silhouette_iou", "silhouette IoU", True, matters=0.05),
-    Metric("iou_gain", "3D IoU gained by training (over the untrained init)", True, matters=0.05),
-    Metric("iou_scaled", "3D IoU at the best isotropic scale of the truth", True, matters=0.05),
-    Metric("color", "colour R-precision (%)", True, percent=True, matters=0.05),
-    Metric("shape", "shape hit (%)", True, percent=True, matters=0.05),
-)
+from pipeline.metrics import METRICS, Metric, clip_short_name
 
 
 def per_object(ev: dict[str, Any], metric: str) -> dict[tuple[str, int], float]:
@@ -171,8 +137,15 @@ def _paragraph(m: Metric, comps: dict[str, stats.Comparison], mdd: float, names:
 Results = dict[str, tuple[dict[str, stats.Comparison], float]]
 
 
-def _intro(study: str, evals: dict[str, Any], configs: dict[str, Any], names: dict[str, str], varying: list[str],
-           n_resamples: int, seed: int) -> list[str]:
+def _intro(
+    study: str,
+    evals: dict[str, Any],
+    configs: dict[str, Any],
+    names: dict[str, str],
+    varying: list[str],
+    n_resamples: int,
+    seed: int,
+) -> list[str]:
     baseline = next(iter(evals))
     any_ev = next(iter(evals.values()))
     prompts = sorted({o["prompt_id"] for o in any_ev["objects"]})
@@ -426,8 +399,8 @@ def summary(
     names: dict[str, str],
     baseline: str,
 ) -> str:
-    """The study's verdicts in a few lines (its block in docs/findings/README.md): per metric, which variants separate from the
-    baseline (Δ and its interval) and the MDD below which the rest may hide a difference."""
+    """The study's verdicts in a few lines (its block in docs/findings/README.md): per metric, which variants
+    separate from the baseline (Δ and its interval) and the MDD below which the rest may hide a difference."""
     first = next(iter(results.values()))[0]
     n = next((c.n for v, c in first.items() if v != baseline), 0)
     lines = [

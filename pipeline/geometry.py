@@ -19,7 +19,7 @@ Definitions (one place; the report, MLflow and DVC use these names):
 * **iou_scaled** — the best 3D IoU (same occupied set) against the true solid scaled about the origin, {sdf(x/s) < 0}
   for s in `SCALES` (0.60 … 1.40, step 0.01; ties go to the scale nearest 1), and that `scale` in geometry.json. A
   prior conditioned on a caption cannot tell an object's absolute size from the camera's distance and focal length,
-  so iou partly measures size; iou_scaled measures the shape (benchmarks/RESULTS.md, session 8: one fixed camera
+  so iou partly measures size; iou_scaled measures the shape (one fixed camera
   makes the same recipe's objects 1.1–1.7× too large, the default camera spread 0.74–0.88×).
 * **iou_gain** — iou − init_iou: what training added to the init's 3D IoU. init_iou (and init_fog) score the
   untrained field the object started from (`pipeline.train.initial_model`, same config and seed) like iou: a density

@@ -128,5 +128,3 @@ def live_training(
 
     yield hook
     flush()
-
-

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
-from pipeline.metrics import GEOMETRY
+from pipeline.metrics import GEOMETRY, metric
 from pipeline.metrics import clip_short_name as _short
 
 PAPER_TABLE1 = [
@@ -109,10 +109,8 @@ def table_md(
             "",
             "## Geometry against the analytic primitives (bundled world; definitions in pipeline/geometry.py)",
             "",
-            "| Method"
-            " | 3D IoU ↑ | fog ↓ | Chamfer ↓ | normal consistency ↑ | silhouette IoU ↑ | IoU gain over init ↑"
-            " | IoU at best scale ↑ |",
-            "|---|---|---|---|---|---|---|---|",
+            "| Method | " + " | ".join(metric(k).header for k in GEOMETRY) + " |",
+            "|---|" + "---|" * len(GEOMETRY),
         ]
         for v, ev in evals.items():
             if "geometry" in ev:

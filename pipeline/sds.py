@@ -16,6 +16,7 @@ fractions of T.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,14 @@ from torch import Tensor
 from pipeline.config import GuidanceConfig, ScheduleConfig, scheduled
 from pipeline.guidance.base import Guidance
 from pipeline.guidance.prompting import perp_neg_combine
+from pipeline.registry import Registry
+
+WEIGHTINGS: Registry[Callable[[Tensor], Tensor]] = Registry("weighting")
+"""guidance.weighting: w(t) as a function of ᾱ_t."""
+SCHEDULES: Registry[Callable[[TimestepSchedule, int, int, torch.Generator | None], Tensor]] = Registry(
+    "timestep schedule"
+)
+"""schedule.name: integer timesteps [batch] for a training step, from the schedule's config and bounds."""
 
 
 def cfg_combine(eps_c: Tensor, eps_u: Tensor, scale: float, convention: str) -> Tensor:
@@ -35,15 +44,27 @@ def cfg_combine(eps_c: Tensor, eps_u: Tensor, scale: float, convention: str) -> 
     raise ValueError(f"unknown CFG convention {convention!r}; use 'dreamfusion' or 'diffusers'")
 
 
+@WEIGHTINGS.register("sds")
+def _sds_weight(alpha_bar: Tensor) -> Tensor:
+    """σ_t² = 1 − ᾱ_t (the paper's)."""
+    return 1.0 - alpha_bar
+
+
+@WEIGHTINGS.register("uniform")
+def _uniform_weight(alpha_bar: Tensor) -> Tensor:
+    return torch.ones_like(alpha_bar)
+
+
+@WEIGHTINGS.register("fantasia3d")
+def _fantasia3d_weight(alpha_bar: Tensor) -> Tensor:
+    """√ᾱ_t (1 − ᾱ_t)."""
+    return alpha_bar.sqrt() * (1.0 - alpha_bar)
+
+
 def weighting(name: str, alpha_bar: Tensor) -> Tensor:
-    """w(t) from ᾱ_t: sds = 1 − ᾱ_t (= σ_t²), uniform = 1, fantasia3d = √ᾱ_t (1 − ᾱ_t)."""
-    if name == "sds":
-        return 1.0 - alpha_bar
-    if name == "uniform":
-        return torch.ones_like(alpha_bar)
-    if name == "fantasia3d":
-        return alpha_bar.sqrt() * (1.0 - alpha_bar)
-    raise ValueError(f"unknown weighting {name!r}; use 'sds', 'uniform' or 'fantasia3d'")
+    """w(t) from ᾱ_t by the registered weighting `name`: sds = 1 − ᾱ_t (= σ_t²), uniform = 1, fantasia3d =
+    √ᾱ_t (1 − ᾱ_t)."""
+    return WEIGHTINGS.get(name)(alpha_bar)
 
 
 class TimestepSchedule:
@@ -81,20 +102,12 @@ class TimestepSchedule:
         return min(max(step / max(self.total_steps - 1, 1), 0.0), 1.0)
 
     def __call__(self, step: int, batch: int, generator: torch.Generator | None = None) -> Tensor:
-        """Integer timesteps [batch] (int64, CPU) for training step `step`."""
+        """Integer timesteps [batch] (int64, CPU) for training step `step`, by the registered schedule."""
+        return SCHEDULES.get(self.cfg.name)(self, step, batch, generator)
+
+    def constant(self, t: int, step: int, batch: int) -> Tensor:
+        """The same t for every view of the step, clamped to the step's bounds."""
         lo, hi = self.bounds(step)
-        name = self.cfg.name
-        if name in ("uniform", "anneal", "step"):
-            return torch.randint(lo, hi + 1, (batch,), generator=generator)
-        if name == "hifa":
-            t_min, t_max = float(self.cfg.t_min), float(self.cfg.t_max)
-            frac = t_min + (t_max - t_min) * (1.0 - math.sqrt(self.progress(step)))
-            t = round(frac * self.T)
-        elif name == "dreamtime":
-            idx = round(self.progress(step) * (len(self._dreamtime_table) - 1))
-            t = int(self._dreamtime_table[idx])
-        else:
-            raise ValueError(f"unknown timestep schedule {name!r}")
         return torch.full((batch,), min(max(t, lo), hi), dtype=torch.long)
 
     def _dreamtime(self, alphas_cumprod: Tensor, resolution: int = 2001) -> Tensor:
@@ -121,6 +134,30 @@ class TimestepSchedule:
         tail = prior.flip(0).cumsum(0).flip(0)  # tail[t] = Σ_{t' >= t} π(t')
         ps = torch.linspace(0, 1, resolution, dtype=torch.float64)
         return (tail[None, :] - ps[:, None]).abs().argmin(dim=1)
+
+
+@SCHEDULES.register("uniform")
+@SCHEDULES.register("anneal")
+@SCHEDULES.register("step")
+def _uniform_t(schedule: TimestepSchedule, step: int, batch: int, generator: torch.Generator | None) -> Tensor:
+    """t ~ U{lo … hi} at the step's bounds (anneal and step move the bounds, see TimestepSchedule.bounds)."""
+    lo, hi = schedule.bounds(step)
+    return torch.randint(lo, hi + 1, (batch,), generator=generator)
+
+
+@SCHEDULES.register("hifa")
+def _hifa_t(schedule: TimestepSchedule, step: int, batch: int, generator: torch.Generator | None) -> Tensor:
+    """t(p) = t_min + (t_max − t_min)(1 − √p), the same for every view."""
+    t_min, t_max = float(schedule.cfg.t_min), float(schedule.cfg.t_max)
+    frac = t_min + (t_max - t_min) * (1.0 - math.sqrt(schedule.progress(step)))
+    return schedule.constant(round(frac * schedule.T), step, batch)
+
+
+@SCHEDULES.register("dreamtime")
+def _dreamtime_t(schedule: TimestepSchedule, step: int, batch: int, generator: torch.Generator | None) -> Tensor:
+    """DreamTime's t(p) from the precomputed table of its time prior."""
+    table = schedule._dreamtime_table
+    return schedule.constant(int(table[round(schedule.progress(step) * (len(table) - 1))]), step, batch)
 
 
 @dataclass

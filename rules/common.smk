@@ -66,9 +66,12 @@ def guidance_files(variant):
 
 
 def train_gpus(wildcards):
+    """1 GPU for a training job whose guidance model needs one (the registry's `needs_gpu`), else 0."""
+    from pipeline.guidance import needs_gpu
+
     cfg = VARIANTS[wildcards.variant]
-    world = cfg.guidance.name in ("world", "world-unet")
-    return 0 if cfg.train.device == "cpu" or (cfg.train.device == "auto" and world) else 1
+    cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not needs_gpu(cfg.guidance.name))
+    return 0 if cpu else 1
 
 
 def train_threads(wildcards):
@@ -92,3 +95,9 @@ def code(*modules):
     (Snakemake cannot see into `python -m`)."""
     files = set().union(*(module_sources(m, workflow.basedir) for m in modules))
     return sorted(os.path.relpath(os.path.join(workflow.basedir, f)) for f in files)
+
+
+def stage(module):
+    """The shell command of a stage: `python -m <module>` with its math libraries held to the job's threads (so
+    parallel jobs do not oversubscribe the cores)."""
+    return f"OMP_NUM_THREADS={{threads}} python -m {module}"

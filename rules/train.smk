@@ -10,21 +10,6 @@ rule configure:
         cfgmod.save_resolved(VARIANTS[wildcards.variant], output[0])
 
 
-rule world_bank:
-    """Render the bundled world's image bank: the data of the closed-form prior (deterministic from its seed)."""
-    input:
-        config=lambda w: f"{RESULTS}/{next(v for v in VARIANTS if bank_file(v) and bank_file(v)[0].endswith(w.digest + '.safetensors'))}/config.yaml",
-    output:
-        "results/world/bank-{digest}.safetensors",
-    log:
-        "results/world/logs/bank-{digest}.log",
-    threads: 2
-    conda:
-        "../envs/dreamfusion.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.world.prior --params {input.config:q} --out {output:q} > {log:q} 2>&1"
-
-
 rule train:
     """SDS-NeRF optimisation of one (variant, prompt, seed); resumes from its checkpoint after a crash."""
     input:
@@ -50,5 +35,5 @@ rule train:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.train --params {input.config:q} --prompts {input.prompts:q} --prompt-id {wildcards.pid:q}"
+        stage("pipeline.train") + " --params {input.config:q} --prompts {input.prompts:q} --prompt-id {wildcards.pid:q}"
         " --seed {wildcards.seed:q} --out {params.out:q} {params.bank:q} > {log:q} 2>&1"

@@ -14,7 +14,7 @@ rule mesh:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.mesh --model {input.model:q} --out-dir {params.out:q} > {log:q} 2>&1"
+        stage("pipeline.mesh") + " --model {input.model:q} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule views:
@@ -36,7 +36,7 @@ rule views:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.views --model {input.model:q} --mesh {input.mesh:q} --out-dir {params.out:q} > {log:q} 2>&1"
+        stage("pipeline.views") + " --model {input.model:q} --mesh {input.mesh:q} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule geometry:
@@ -53,5 +53,5 @@ rule geometry:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.geometry --model {input.model:q} --mesh {input.mesh:q}"
+        stage("pipeline.geometry") + " --model {input.model:q} --mesh {input.mesh:q}"
         " --views {input.views:q} --out {output:q} > {log:q} 2>&1"

@@ -1,8 +1,24 @@
-# The bundled offline world's weights. Not part of `all`; regenerate everything from scratch with
+# The bundled offline world: the closed-form prior's image bank (rendered per config by every run that uses it), and
+# the committed weights of the learned prior and the evaluator, which are not part of `all`; regenerate those with
 #   snakemake bundled_models --forceall --cores 2      (~2.5 h on 2 CPU cores)
 # Their inputs are ancient(): the weights are committed, and a fresh clone checks models/ out before params.yaml,
 # so by modification time every clone would look outdated and retrain them (and delete the committed files).
 # They run only when their outputs are missing or when forced.
+
+
+rule world_bank:
+    """Render the bundled world's image bank: the data of the closed-form prior (deterministic from its seed)."""
+    input:
+        config=lambda w: f"{RESULTS}/{next(v for v in VARIANTS if bank_file(v) and bank_file(v)[0].endswith(w.digest + '.safetensors'))}/config.yaml",
+    output:
+        "results/world/bank-{digest}.safetensors",
+    log:
+        "results/world/logs/bank-{digest}.log",
+    threads: 2
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        stage("pipeline.world.prior") + " --params {input.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_evaluator:

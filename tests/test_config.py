@@ -191,6 +191,7 @@ def test_json_schema_is_current_documented_and_strict():
 
     committed = (ROOT / "schemas/params.schema.json").read_text()
     assert committed == schema.render(), "run `python -m pipeline.schema`"
+    assert (ROOT / "docs/configuration.md").read_text() == schema.render_markdown(), "run `python -m pipeline.schema`"
     s = json.loads(committed)
     scale = s["$defs"]["GuidanceConfig"]["properties"]["scale"]
     assert scale["minimum"] == 0.0 and scale["description"].startswith("Guidance weight")

@@ -147,3 +147,37 @@ def test_an_unreachable_server_never_fails_training(tmp_path):
                 assert hook is None
     finally:
         del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+
+
+def test_two_clones_sharing_a_store_keep_each_others_runs(tmp_path):
+    """Two checkouts track variants of the same name into one store: each replaces only its own runs, so after both
+    have logged (twice each) both sets are there, and a re-log leaves one set a clone."""
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "shared.db"
+    clones = []
+    for name in ("clone-a", "clone-b"):
+        root = tmp_path / name
+        vdir = _fake_results(root)
+        cfg = cfgmod.from_dict({"tracking": {"uri": f"sqlite:///{store}"}})
+        cfgmod.save_resolved(cfg, vdir / "config.yaml")
+        clones.append((root, vdir))
+    for _ in range(2):
+        for root, vdir in clones:
+            tracking.log_benchmark([vdir], root / "results/primitives/prompts.json", root / "mlflow.json")
+    client = MlflowClient(f"sqlite:///{store}")
+    exp = client.get_experiment_by_name("primitives")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    clone_of = [r.data.tags["results_dir"].split("/results/")[0] for r in runs]
+    by_dir = {d: clone_of.count(d) for d in clone_of}
+    assert by_dir == {str((tmp_path / "clone-a").resolve()): 3, str((tmp_path / "clone-b").resolve()): 3}
+
+
+def test_credentials_never_reach_an_output(tmp_path):
+    """A URI with a password is refused in the config (MLflow takes credentials from its environment variables);
+    one arriving through $MLFLOW_TRACKING_URI is written and shown without them."""
+    with pytest.raises(cfgmod.ConfigError, match="must not carry a user or password.*MLFLOW_TRACKING_PASSWORD"):
+        cfgmod.from_dict({"tracking": {"uri": "http://alice:secret@host:5000"}})
+    assert live_logging.redact_uri("http://alice:secret@host:5000/x?y=1") == "http://host:5000/x?y=1"
+    assert live_logging.redact_uri("https://token@host/") == "https://host/"
+    assert live_logging.redact_uri("sqlite:///tmp/mlflow.db") == "sqlite:///tmp/mlflow.db"

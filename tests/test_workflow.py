@@ -127,6 +127,10 @@ def test_full_tiny_run_with_mlflow(workdir):
     sds.write_text(original)
     report.write_text(report.read_text() + "\n# an edit\n")  # track runs before the report: only it re-runs
     assert _scheduled(run_snakemake(wd, "--configfile", "tiny.yaml", "-n").stdout) == {"report", "all"}
+    # editing how results are logged to MLflow re-runs tracking (and the report that links its runs), no training
+    tracking_src = wd / "pipeline/tracking.py"
+    tracking_src.write_text(tracking_src.read_text() + "\n# an edit\n")
+    assert _scheduled(run_snakemake(wd, "--configfile", "tiny.yaml", "-n").stdout) == {"track", "report", "all"}
     # nested --config overrides arrive as strings and are coerced
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", 'train={"lr": 0.05}', "-n").stdout
     assert "train" in _scheduled(dry)
@@ -138,9 +142,10 @@ def test_full_tiny_run_with_mlflow(workdir):
     # another study over the same variants (its own report folder) trains nothing: the objects are shared
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", "study=other", "-n").stdout
     assert _scheduled(dry) == {"findings", "report", "track", "all"}
-    (wd / "README.md").write_text("<!-- findings:primitives -->\n<!-- /findings:primitives -->\n")
+    readme = (wd / "README.md").read_text()
     run_snakemake(wd, "publish", "--configfile", "tiny.yaml")  # the target first: --configfile takes a list
-    assert "**[primitives](docs/findings/primitives.md)** — 2 variants" in (wd / "README.md").read_text()
+    assert (wd / "README.md").read_text() == readme  # publish writes only under docs/findings/
+    assert "**[primitives](primitives.md)** — 2 variants" in (wd / "docs/findings/README.md").read_text()
     assert (wd / "docs/findings/primitives.md").read_text().count("](primitives.png)") == 1
     assert (wd / "docs/findings/primitives.png").read_bytes() == (rep / "findings.png").read_bytes()
     (wd / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "sweep": {"guidance.scale": [10, 50]}}))

@@ -2,41 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from pipeline.config import Config
 from pipeline.guidance.base import Guidance, GuidanceLoadError, pick_dtype
+from pipeline.registry import Registry
 
-__all__ = ["Guidance", "GuidanceLoadError", "build_guidance", "compile_unet"]
+__all__ = ["GUIDANCE", "Guidance", "GuidanceLoadError", "build_guidance", "compile_unet", "needs_gpu"]
 
 WORLD_UNET_DIR = "models/world-unet"
+
+
+Builder = Callable[[Config, torch.device, torch.dtype, "str | Path | None"], Guidance]
+GUIDANCE: Registry[Builder] = Registry("guidance model")
+"""guidance.name → a builder (cfg, device, dtype, world bank) → Guidance. `needs_gpu`: only practical on a GPU, so
+training with train.device auto and no CUDA stops at once, and cluster jobs ask for a GPU."""
+
+
+@GUIDANCE.register("world")
+def _world(cfg: Config, device: torch.device, dtype: torch.dtype, world_bank: str | Path | None) -> Guidance:
+    from pipeline.world.prior import ClosedFormWorldPrior
+
+    return ClosedFormWorldPrior.from_config(cfg, device, world_bank)
+
+
+@GUIDANCE.register("world-unet")
+def _world_unet(cfg: Config, device: torch.device, dtype: torch.dtype, world_bank: str | Path | None) -> Guidance:
+    from pipeline.guidance.diffusers_prior import PixelDiffusersGuidance
+
+    return PixelDiffusersGuidance(cfg.guidance.model or WORLD_UNET_DIR, device, dtype)
+
+
+@GUIDANCE.register("stable-diffusion", needs_gpu=True)
+def _stable_diffusion(cfg: Config, device: torch.device, dtype: torch.dtype, world_bank: str | Path | None) -> Guidance:
+    from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
+
+    return StableDiffusionGuidance(cfg.guidance.model, device, dtype, cfg.guidance.latent_resolution)
+
+
+@GUIDANCE.register("deepfloyd-if", needs_gpu=True)
+def _deepfloyd_if(cfg: Config, device: torch.device, dtype: torch.dtype, world_bank: str | Path | None) -> Guidance:
+    from pipeline.guidance.deepfloyd_if import DeepFloydIFGuidance
+
+    return DeepFloydIFGuidance(cfg.guidance.model, device, dtype)
+
+
+def needs_gpu(name: str) -> bool:
+    """Whether the registered guidance model `name` is only practical on a GPU."""
+    return bool(GUIDANCE.prop(name, "needs_gpu", False))
 
 
 def build_guidance(cfg: Config, device: torch.device, world_bank: str | Path | None = None) -> Guidance:
     """The guidance model named by `cfg.guidance.name`, on `device`, frozen. `world_bank` is the closed-form world
     prior's rendered bank (the `world_bank` rule's output); without it the bank is rendered in memory."""
     g = cfg.guidance
-    dtype = pick_dtype(g.dtype, device)
-    if g.name == "world":
-        from pipeline.world.prior import ClosedFormWorldPrior
-
-        return ClosedFormWorldPrior.from_config(cfg, device, world_bank)
-    if g.name == "world-unet":
-        from pipeline.guidance.diffusers_prior import PixelDiffusersGuidance
-
-        guidance = PixelDiffusersGuidance(g.model or WORLD_UNET_DIR, device, dtype)
-    elif g.name == "stable-diffusion":
-        from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
-
-        guidance = StableDiffusionGuidance(g.model, device, dtype, g.latent_resolution)
-    elif g.name == "deepfloyd-if":
-        from pipeline.guidance.deepfloyd_if import DeepFloydIFGuidance
-
-        guidance = DeepFloydIFGuidance(g.model, device, dtype)
-    else:
-        raise ValueError(f"unknown guidance.name {g.name!r}")
+    guidance = GUIDANCE.get(g.name)(cfg, device, pick_dtype(g.dtype, device), world_bank)
+    if g.name == "world":  # the closed-form prior has no U-Net to compile
+        return guidance
     return compile_unet(guidance, g.compile, device)
 
 

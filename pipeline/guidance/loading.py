@@ -114,6 +114,27 @@ def weights_variant(root: Path, name: str, variant: str | None) -> str | None:
     return variant if any(f".{variant}." in f or f".{variant}-" in f for f in files) else None
 
 
+LIBRARIES = ("diffusers", "transformers")
+"""The only libraries a model directory may name classes from: a model_index.json that names any other module would
+make loading a model import (and so run) code that came with the data. diffusers refuses the same unless told to
+trust remote code; this project never does."""
+
+
+def component_class(root: Path, name: str, library: Any, cls_name: Any) -> type:
+    """The class model_index.json names for component `name`, if it is a public class of diffusers or transformers;
+    anything else is refused before any import."""
+    where = f"{root / 'model_index.json'}: component '{name}'"
+    if library not in LIBRARIES or not isinstance(cls_name, str) or not cls_name.isidentifier():
+        raise GuidanceLoadError(
+            f"{where} names {library!r}.{cls_name!r}; only classes of {' or '.join(LIBRARIES)} are loaded (a model "
+            "directory never brings its own code). Fix the index or use a directory saved by diffusers"
+        )
+    cls = getattr(importlib.import_module(library), cls_name, None)
+    if not isinstance(cls, type) or cls_name.startswith("_") or not hasattr(cls, "from_pretrained"):
+        raise GuidanceLoadError(f"{where}: {library}.{cls_name} is not a loadable {library} class")
+    return cls
+
+
 def load_component(root: Path, name: str, variant: str | None = None, **kwargs: Any) -> Any:
     """Load component `name` (e.g. 'unet') with the class that model_index.json names for it; weights from the
     `variant` files (fp16) when the directory has them."""
@@ -122,8 +143,8 @@ def load_component(root: Path, name: str, variant: str | None = None, **kwargs: 
     if not entry or entry[0] is None:
         raise GuidanceLoadError(f"{root}: model_index.json has no '{name}' component; is this the right kind of model?")
     library, cls_name = entry
+    cls = component_class(root, name, library, cls_name)
     try:
-        cls = getattr(importlib.import_module(library), cls_name)
         if name == "tokenizer":
             return cls.from_pretrained(root / name)
         found = weights_variant(root, name, variant) if name not in WEIGHTLESS else None

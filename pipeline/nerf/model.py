@@ -2,7 +2,7 @@
 
 Every stage after training reads objects through :func:`load_model`; training writes them with :func:`save_model`.
 The file carries the resolved config and the object's identity in its metadata, so a model is self-describing, and
-its bytes depend only on its contents (the header is written with sorted keys), so two identical runs give
+its bytes depend only on its contents (the header's keys are written in sorted order), so two identical runs give
 byte-identical files and DVC sees no change where there is none.
 """
 
@@ -61,8 +61,8 @@ def save_model(path: Path, model: Model, cfg: Config, ident: dict) -> None:
     """Atomically write the model with its resolved config, identity and code version in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
-        "config": json.dumps(cfg.to_dict(), sort_keys=True),
-        "identity": json.dumps(ident, sort_keys=True),
+        "config": json.dumps(cfg.to_dict()),
+        "identity": json.dumps(ident),
         "git_sha": git_sha(),
     }
     data = deterministic_safetensors(tensors, meta)

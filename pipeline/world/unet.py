@@ -95,6 +95,23 @@ def _ckpt_path(out: Path) -> Path:
     return out.parent / f".{out.name}.ckpt.pt"
 
 
+def _caption_ids(tok, bank: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids of each bank image's caption with its view suffix, without it, and of the empty text."""
+    suffixed, base = training_texts(bank)
+
+    def ids(texts: list[str]) -> torch.Tensor:
+        return tok(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+
+    return ids(suffixed), ids(base), ids([""])[0]
+
+
+@torch.no_grad()
+def _ema_update(ema: dict[str, torch.nn.Module], models: dict[str, torch.nn.Module], decay: float) -> None:
+    for key, model in models.items():
+        for pe, p in zip(ema[key].parameters(), model.parameters(), strict=True):
+            pe.lerp_(p, 1 - decay)
+
+
 def train(
     params: str,
     out: Path,
@@ -112,14 +129,9 @@ def train(
     torch.manual_seed(seed)
     bank = generate_bank(cfg)
     images = bank["images"].float() / 127.5 - 1
-    suffixed, base = training_texts(bank)
     tok_src = out.parent / f".{out.name}.tokenizer"
     tok = clip_tokenizer(tok_src, max_length=MAX_TOKENS)
-
-    def ids(texts: list[str]) -> torch.Tensor:
-        return tok(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
-
-    ids_suffixed, ids_base, empty = ids(suffixed), ids(base), ids([""])[0]
+    ids_suffixed, ids_base, empty = _caption_ids(tok, bank)
     unet, text = build(cfg.world.resolution)
     unet = unet.to(memory_format=torch.channels_last)  # 16 % faster steps on CPU (0.95 → 0.80 s at batch 32)
     ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text": copy.deepcopy(text).requires_grad_(False)}
@@ -176,11 +188,7 @@ def train(
         loss.backward()
         opt.step()
         step += 1
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for key, model in (("unet", unet), ("text", text)):
-                for pe, p in zip(ema[key].parameters(), model.parameters(), strict=True):
-                    pe.lerp_(p, 1 - decay)
+        _ema_update(ema, {"unet": unet, "text": text}, min(ema_decay, (1 + step) / (10 + step)))
         losses.append(loss.item())
         bar.update(1)
         if step % 100 == 0:
@@ -193,6 +201,19 @@ def train(
     bar.close()
     seconds += time.time() - t0
 
+    info = {"steps": step, "batch": batch, "seed": seed, "lr": lr, "ema_decay": ema_decay}
+    _export(out, ema, tok, sched, info, losses, seconds)
+    shutil.rmtree(tok_src, ignore_errors=True)
+    ckpt.unlink(missing_ok=True)
+    return info
+
+
+def _export(
+    out: Path, ema: dict[str, torch.nn.Module], tok, sched, info: dict, losses: list[float], seconds: float
+) -> None:
+    """Write the trained (EMA) prior as a diffusers pipeline directory at `out`, atomically, with its record
+    `train.json` (settings, wall time, loss curve, parameter counts, weight checksums); `info` gains the record."""
+    step = info["steps"]
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     ema["unet"].to(torch.float16, memory_format=torch.contiguous_format).save_pretrained(tmp / "unet")
@@ -208,17 +229,12 @@ def train(
         "scheduler": ["diffusers", "DDPMScheduler"],
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
-    info = {
-        "steps": step,
-        "batch": batch,
-        "seed": seed,
-        "lr": lr,
-        "ema_decay": ema_decay,
+    info |= {
         "train_seconds": round(seconds, 1),
         "final_loss": sum(losses[-200:]) / max(len(losses[-200:]), 1),
         "loss_every_100": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 5) for i in range(0, step, 100)],
-        "unet_params": sum(p.numel() for p in unet.parameters()),
-        "text_params": sum(p.numel() for p in text.parameters()),
+        "unet_params": sum(p.numel() for p in ema["unet"].parameters()),
+        "text_params": sum(p.numel() for p in ema["text"].parameters()),
         "sha256": {
             f"{part}/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest()
             for part in ("unet", "text_encoder")
@@ -228,9 +244,6 @@ def train(
     atomic_write_json(tmp / "train.json", info)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    shutil.rmtree(tok_src, ignore_errors=True)
-    ckpt.unlink(missing_ok=True)
-    return info
 
 
 def main(argv: list[str] | None = None) -> None:
