@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 
+from pipeline import yamlio
+
 Scheduled = Union[float, list[float]]
 """A number, or ``[start_step, start_value, end_value, end_step]`` interpolated linearly between the steps."""
 
@@ -46,6 +48,16 @@ def scheduled(value: Scheduled, step: int) -> float:
     return float(v0 + (v1 - v0) * frac)
 
 
+MAX_STEPS = 1_000_000
+"""Upper bound of every step count: 100x the paper's 10k steps (≈ 28 h an object at 10 steps/s)."""
+MAX_VARIANTS = 256
+"""Variants one run may expand to (a sweep's grid)."""
+MAX_PIXELS = 1024
+"""Upper bound of a render's side: SD renders 512x512 at most; 1024² rays x 1024 samples is ≈ 4 GB a view in fp32."""
+MAX_SAMPLES = 1024
+"""Upper bound of samples per ray (the paper takes 256 at most)."""
+
+
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict[str, Any]:
     return {"min": lo, "max": hi, "lo_open": lo_open}
 
@@ -56,7 +68,7 @@ class PromptsConfig:
     """Prompt set: the file prompts/<benchmark>.txt, one caption a line. Its captions are also the retrieval set."""
     select: list[str] = field(default_factory=list)
     """Captions (normalised or raw) to train; empty trains every caption. The retrieval set stays the whole file."""
-    max_tokens: int = field(default=77, metadata=_range(1))
+    max_tokens: int = field(default=77, metadata=_range(1, 512))
     """Text-encoder context length; longer prompts get a warning (they are truncated by the encoder)."""
 
 
@@ -68,7 +80,7 @@ class GuidanceConfig:
     """Hub name or local diffusers directory; empty picks the default for `name`."""
     convention: Literal["dreamfusion", "diffusers"] = "dreamfusion"
     """CFG form: dreamfusion ε̂ = ε_c + ω(ε_c − ε_u); diffusers ε̂ = ε_u + s(ε_c − ε_u) (s = ω + 1)."""
-    scale: float = field(default=10.0, metadata=_range(0.0))
+    scale: float = field(default=10.0, metadata=_range(0.0, 1000.0))
     """Guidance weight: ω under the dreamfusion convention, s under the diffusers one."""
     weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"
     """w(t): sds = σ_t² = 1 − ᾱ_t (paper), uniform = 1, fantasia3d = √ᾱ_t (1 − ᾱ_t)."""
@@ -90,7 +102,7 @@ class GuidanceConfig:
     U-Net passes per view; needs `view_suffix` and a prior with continuous embeddings (not the closed-form world)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Guidance model dtype; auto = fp16 on a GPU, fp32 on a CPU."""
-    latent_resolution: int = field(default=512, metadata=_range(8))
+    latent_resolution: int = field(default=512, metadata=_range(8, 2048))
     """Latent models: renders are resized to this many pixels before the VAE encoder (SD 2.1-base: 512)."""
     compile: Literal["off", "default", "reduce-overhead"] = "off"
     """torch.compile the U-Net of a diffusers prior: default fuses kernels; reduce-overhead also records CUDA graphs
@@ -105,7 +117,7 @@ class ScheduleConfig:
     """Lower timestep bound as a fraction of the model's T; a schedule list for `anneal`."""
     t_max: Scheduled = 0.98
     """Upper timestep bound as a fraction of the model's T; a schedule list for `anneal`."""
-    switch_step: int = field(default=5000, metadata=_range(0))
+    switch_step: int = field(default=5000, metadata=_range(0, MAX_STEPS))
     """`step` schedule: from this step on, t_max becomes `t_max_after` (ProlificDreamer: 5000)."""
     t_max_after: float = field(default=0.5, metadata=_range(0.0, 1.0))
     """`step` schedule: upper bound after `switch_step`."""
@@ -151,7 +163,7 @@ class FieldConfig:
     """grid: one dense grid of `resolution`³; pyramid: dense grids at the `levels` resolutions, trilinearly upsampled
     to the finest and summed, the fine levels unlocked coarse-to-fine over `unlock_steps` (threestudio's progressive
     band-limited grid, dense)."""
-    resolution: int = field(default=32, metadata=_range(4))
+    resolution: int = field(default=32, metadata=_range(4, 512))
     """Dense feature grid resolution per axis over the cube [−bound, bound]³ (kind: grid)."""
     levels: list[int] = field(default_factory=lambda: [16, 32, 64])
     """Pyramid level resolutions, coarse to fine (kind: pyramid)."""
@@ -160,9 +172,9 @@ class FieldConfig:
     density_shift: float = 0.0
     """Pre-activation density offset. 0 with the linear blob (Magic3D), whose negative tail already makes empty space
     transparent; the paper's small gaussian blob needs about −4 (softplus(−4) ≈ 0.018)."""
-    features: int = field(default=4, metadata=_range(4))
+    features: int = field(default=4, metadata=_range(4, 64))
     """Feature channels per voxel; with `mlp_hidden: 0` it must be 4 (density + RGB albedo read directly)."""
-    mlp_hidden: int = field(default=0, metadata=_range(0))
+    mlp_hidden: int = field(default=0, metadata=_range(0, 1024))
     """Hidden width of the decoder MLP (0 = no MLP, the grid holds density and albedo logits directly)."""
     bound: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
     """Half side of the cube the field lives in; rays are sampled inside the sphere of radius bound·√3 ∩ cube."""
@@ -212,16 +224,16 @@ class FieldConfig:
 
 @dataclass
 class RenderConfig:
-    resolution: int = field(default=32, metadata=_range(8))
+    resolution: int = field(default=32, metadata=_range(8, MAX_PIXELS))
     """Training render size in pixels (paper: 64)."""
-    samples: int = field(default=48, metadata=_range(2))
+    samples: int = field(default=48, metadata=_range(2, MAX_SAMPLES))
     """Stratified samples per ray inside the bounding volume."""
     background: Literal["mlp", "solid", "random"] = "solid"
     """Background: direction MLP (paper), a solid colour, or a random solid colour per view while training."""
     background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     """Solid background colour; evaluation views, previews and turntables always use it, whatever `background`, so
     colour painted into a learned background cannot score."""
-    background_freqs: int = field(default=2, metadata=_range(0))
+    background_freqs: int = field(default=2, metadata=_range(0, 32))
     """Frequencies of the mlp background's direction encoding (low: a smooth sky, not a second scene)."""
     random_background_p: float = field(default=0.0, metadata=_range(0.0, 1.0))
     """Probability that a training view gets a random solid background colour instead of `background`
@@ -232,7 +244,7 @@ class RenderConfig:
 
 @dataclass
 class ShadingConfig:
-    albedo_steps: int = field(default=1000, metadata=_range(0))
+    albedo_steps: int = field(default=1000, metadata=_range(0, MAX_STEPS))
     """Albedo-only warm-up (paper: first 1,000 steps)."""
     p_lit: float = field(default=0.75, metadata=_range(0.0, 1.0))
     """After warm-up: probability of a lit render (else albedo)."""
@@ -246,13 +258,13 @@ class ShadingConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = field(default=400, metadata=_range(1))
+    steps: int = field(default=400, metadata=_range(1, MAX_STEPS))
     """Optimisation steps (paper: 15,000)."""
-    batch_views: int = field(default=4, metadata=_range(1))
+    batch_views: int = field(default=4, metadata=_range(1, 64))
     """Views (cameras) per step (paper: 4)."""
     lr: float = field(default=0.05, metadata=_range(0.0, lo_open=True))
     """Peak Adam learning rate."""
-    warmup_steps: int = field(default=20, metadata=_range(0))
+    warmup_steps: int = field(default=20, metadata=_range(0, MAX_STEPS))
     """Linear warm-up from lr·1e-3 to lr."""
     final_lr_ratio: float = field(default=0.1, metadata=_range(0.0, 1.0))
     """Cosine decay from lr to lr·ratio by the last step."""
@@ -287,11 +299,11 @@ class TrainConfig:
     weights mean the same at any `batch_views`; sum multiplies the SDS term by `batch_views`."""
     background_lr: float = field(default=0.1, metadata=_range(0.0))
     """Learning rate of a learned (mlp) background as a fraction of `lr`."""
-    checkpoint_every: int = field(default=100, metadata=_range(1))
+    checkpoint_every: int = field(default=100, metadata=_range(1, MAX_STEPS))
     """Write a resumable checkpoint every N steps."""
-    preview_every: int = field(default=0, metadata=_range(0))
+    preview_every: int = field(default=0, metadata=_range(0, MAX_STEPS))
     """Save a preview render every N steps (0 = every 10 % of training)."""
-    guidance_debug_every: int = field(default=0, metadata=_range(0))
+    guidance_debug_every: int = field(default=0, metadata=_range(0, MAX_STEPS))
     """Every this many steps, previews/guidance-step<N>.png: the render, the noisy input and the prior's one-step
     denoised estimate at a few timesteps (pipeline/guidance_debug.py); 0 = off."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -300,27 +312,27 @@ class TrainConfig:
 
 @dataclass
 class MeshConfig:
-    resolution: int = field(default=0, metadata=_range(0))
+    resolution: int = field(default=0, metadata=_range(0, 512))
     """Marching-cubes grid per axis (0 = 256 on a GPU, 128 on a CPU)."""
     threshold: float = field(default=0.0, metadata=_range(0.0))
     """Density iso-level (0 = auto: ln 2 / (bound/4), a slab 1/8 of the box wide is half-opaque)."""
     min_component_fraction: float = field(default=0.05, metadata=_range(0.0, 1.0))
     """Drop connected components with fewer triangles than this fraction of the largest."""
-    target_triangles: int = field(default=0, metadata=_range(0))
+    target_triangles: int = field(default=0, metadata=_range(0, 10_000_000))
     """Quadric decimation budget (0 = off)."""
-    smooth_iterations: int = field(default=0, metadata=_range(0))
+    smooth_iterations: int = field(default=0, metadata=_range(0, 1000))
     """Taubin smoothing iterations (0 = off)."""
 
 
 @dataclass
 class ViewsConfig:
-    azimuths: int = field(default=8, metadata=_range(1))
+    azimuths: int = field(default=8, metadata=_range(1, 360))
     """Evaluation azimuths at the evaluation elevation."""
-    resolution: int = field(default=64, metadata=_range(8))
+    resolution: int = field(default=64, metadata=_range(8, MAX_PIXELS))
     """Evaluation / turntable render size."""
-    turntable_frames: int = field(default=36, metadata=_range(2))
+    turntable_frames: int = field(default=36, metadata=_range(2, 720))
     """Frames in the turntable video."""
-    samples: int = field(default=96, metadata=_range(2))
+    samples: int = field(default=96, metadata=_range(2, MAX_SAMPLES))
     """Samples per ray for evaluation renders."""
 
 
@@ -332,7 +344,7 @@ class EvaluateConfig:
     """per-view: each view ranks the captions, hits averaged over views; mean-embedding: views averaged first."""
     clip_cache: str = ""
     """Download cache for named CLIP models (empty = clip-anytorch's default ~/.cache/clip)."""
-    bootstrap: int = field(default=2000, metadata=_range(100))
+    bootstrap: int = field(default=2000, metadata=_range(100, 100_000))
     """Bootstrap resamples for the report's confidence intervals."""
 
 
@@ -340,9 +352,9 @@ class EvaluateConfig:
 class WorldConfig:
     seed: int = 0
     """Seed of the procedural image bank the closed-form prior is made of."""
-    images_per_caption: int = field(default=600, metadata=_range(1))
+    images_per_caption: int = field(default=600, metadata=_range(1, 10_000))
     """Renders per caption in the bank (split by view suffix)."""
-    resolution: int = field(default=32, metadata=_range(8))
+    resolution: int = field(default=32, metadata=_range(8, 256))
     """Bank render size: the world priors' working resolution. Renders of another size are resampled to it (area
     average when shrinking), as Stable Diffusion's guidance resizes renders to its VAE's input."""
     bank_modes: list[Literal["albedo", "lit", "textureless"]] = field(default_factory=lambda: ["albedo", "lit"])
@@ -616,6 +628,11 @@ def _check_semantics(cfg: Config, src: str) -> None:
     ]:
         if len(pair) != 2 or pair[0] > pair[1]:
             raise ConfigError(f"{src}: {key} must be [low, high] with low <= high, got {pair!r}")
+    if len(cfg.seeds) > 100 or not all(0 <= k < 2**31 for k in cfg.seeds):
+        raise ConfigError(f"{src}: seeds must be at most 100 integers in [0, 2^31), got {cfg.seeds!r}")
+    if cfg.nerf.kind == "pyramid" and not all(4 <= n <= 512 for n in cfg.nerf.levels):
+        raise ConfigError(f"{src}: nerf.levels must each lie in [4, 512] (a 512³ level is 0.5 GB a channel), got "
+                          f"{cfg.nerf.levels!r}")
     for key, pair in [("camera.distance", cfg.camera.distance), ("camera.focal", cfg.camera.focal)]:
         if pair[0] <= 0:
             raise ConfigError(f"{src}: {key} must be positive (a camera in front of the object), got {pair!r}")
@@ -739,9 +756,9 @@ def load(path: str | Path) -> Config:
     """Read and validate a YAML params file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax at the line shown") from exc
+        data = yamlio.load(path)
+    except yamlio.YAMLInputError as exc:
+        raise ConfigError(f"{exc}; fix it there") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
     return from_dict(data, str(path))
@@ -790,6 +807,12 @@ def variants(cfg: Config) -> dict[str, Config]:
     base["sweep"] = {}
     base["study"] = ""  # the report folder, not a setting of the objects: studies share identical variants
     keys = list(cfg.sweep)
+    size = math.prod(len(v) for v in cfg.sweep.values()) if keys else len(cfg.ablation) + 1
+    if size > MAX_VARIANTS:
+        raise ConfigError(
+            f"params.yaml: sweep/ablation would make {size:,} variants (at most {MAX_VARIANTS}); every variant trains "
+            "every prompt and seed: sweep fewer values or split the study"
+        )
     combos: list[dict[str, Any]] = [{}]
     for key in keys:
         combos = [{**c, key: v} for c in combos for v in cfg.sweep[key]]

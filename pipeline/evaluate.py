@@ -35,6 +35,7 @@ from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.prompts import PromptFileError, normalize, read_prompts_json
+from pipeline.records import RecordError
 
 MODES = {"color": "color", "geo": "textureless"}
 
@@ -160,6 +161,13 @@ def evaluate(
                 f"caption {obj['text']!r} of {obj['prompt_id']} is not in the retrieval set "
                 f"({len(retrieval_set)} captions); evaluate against the benchmark it came from"
             )
+        for mode in MODES:
+            views = obj["views"][mode]
+            if not torch.isfinite(views).all():
+                raise EvaluationError(
+                    f"{obj['prompt_id']} seed {obj.get('seed')}: {MODES[mode]} views contain NaN/Inf (a corrupt "
+                    "model); retrain the object"
+                )
     per_object: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for scorer in scorers:
@@ -229,10 +237,11 @@ def load_views(npz: Path) -> dict[str, Tensor]:
 def collect_geometry(files: list[Path]) -> dict[str, Any]:
     """Per-object geometry.json files (pipeline.geometry) → {"objects": [...], "summary": {metric: mean}}."""
     from pipeline.metrics import GEOMETRY as METRICS
+    from pipeline.records import read_geometry
 
     objects = []
     for f in files:
-        g = json.loads(f.read_text())
+        g = read_geometry(f)
         objects.append({"prompt_id": f.parent.parent.name, "seed": int(f.parent.name.removeprefix("seed")), **g})
     summary = {}
     for k in METRICS:
@@ -327,7 +336,10 @@ def run_evaluation(args: argparse.Namespace) -> None:
         clip_models=cfg.evaluate.clip_models,
     )
     if args.geometry:
-        result["geometry"] = collect_geometry([Path(g) for g in args.geometry])
+        try:
+            result["geometry"] = collect_geometry([Path(g) for g in args.geometry])
+        except RecordError as exc:
+            raise EvaluationError(str(exc)) from None
     atomic_write_json(args.out, result)
     atomic_write_text(Path(args.out).with_suffix(".csv"), per_object_csv(result["objects"]))
     print(json.dumps(result["models"]))

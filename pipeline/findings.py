@@ -26,6 +26,7 @@ import yaml
 from pipeline import stats
 from pipeline.io import atomic_path, atomic_write_text
 from pipeline.metrics import METRICS, Metric, clip_short_name
+from pipeline.records import RecordError, read_rprecision
 
 
 def per_object(ev: dict[str, Any], metric: str) -> dict[tuple[str, int], float]:
@@ -459,7 +460,10 @@ def main(argv: list[str] | None = None) -> None:
     evals, configs = {}, {}
     for e, c in zip(args.evals, args.configs, strict=True):
         v = Path(e).parent.name
-        evals[v] = json.loads(Path(e).read_text())
+        try:
+            evals[v] = read_rprecision(e)
+        except RecordError as exc:
+            raise SystemExit(f"error: {exc}") from None
         configs[v] = yaml.safe_load(Path(c).read_text())
     shas = sorted(
         {

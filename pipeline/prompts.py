@@ -24,6 +24,9 @@ from pipeline.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
+MAX_LINES = 5000
+"""Lines a prompt file may have (COCO-153 has 153; every caption is a training job per seed and variant)."""
+MAX_BYTES = 1_000_000
 MAX_CHARS = 1000
 
 
@@ -90,6 +93,11 @@ def read_prompt_file(path: str | Path, max_tokens: int = 77) -> list[Prompt]:
         raise PromptFileError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
     if content.startswith("\ufeff"):
         content = content[1:]
+    if len(data) > MAX_BYTES or content.count("\n") >= MAX_LINES:
+        raise PromptFileError(
+            f"{path}: {content.count(chr(10)) + 1:,} lines, {len(data):,} bytes; a prompt file holds at most "
+            f"{MAX_LINES:,} lines ({MAX_BYTES:,} bytes): split the benchmark into several files"
+        )
     prompts: list[Prompt] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(content.split("\n"), start=1):  # only \n ends a line (str.splitlines also

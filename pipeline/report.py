@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.metrics import GEOMETRY, metric
 from pipeline.metrics import clip_short_name as _short
+from pipeline.records import RecordError, read_json, read_rprecision
 
 PAPER_TABLE1 = [
     # method, {model: (color, geo)} in %, quoted from DreamFusion Table 1 (parenthesised: same CLIP trained & evaluated)
@@ -533,12 +534,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mlflow", default=None, help="the track rule's mlflow.json (run ids for the cards' links)")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
-    evals = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in args.evals}
+    try:
+        evals = {Path(p).parent.name: read_rprecision(p) for p in args.evals}
+        gt = read_rprecision(args.ground_truth) if args.ground_truth else None
+        runs = read_json(args.mlflow) if args.mlflow else None
+    except RecordError as exc:
+        raise SystemExit(f"error: {exc}") from None
     media: dict[str, list[Path]] = {}
     for p in map(Path, args.media):
         media.setdefault(p.parents[2].name, []).append(p)
-    gt = json.loads(Path(args.ground_truth).read_text()) if args.ground_truth else None
-    runs = json.loads(Path(args.mlflow).read_text()) if args.mlflow else None
     metrics = build(evals, Path(args.out_dir), gt, args.bootstrap, media=media, runs=runs)
     print(json.dumps(metrics))
 

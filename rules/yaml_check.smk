@@ -1,18 +1,20 @@
-# Runs before `configfile:` loads params.yaml, so a YAML syntax error names its line (Snakemake's own message
-# does not).
+# Runs before `configfile:` loads params.yaml, so a bad YAML file (a syntax error, a duplicate key, an alias bomb)
+# is refused with its file and line before anything is built from it. --configfile files are checked too.
 
 
 def _check_yaml(path):
-    """Snakemake's own message for a YAML syntax error has no line number: name the file, line and column first."""
-    import yaml
+    """Snakemake's own message for a YAML syntax error has no line number, and its loader keeps the last of two
+    equal keys: refuse both, naming the file, line and column (pipeline/yamlio.py)."""
+    import sys
+
+    sys.path.insert(0, workflow.basedir)
+    from pipeline import yamlio
 
     try:
-        with open(path, encoding="utf-8") as fh:
-            yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise WorkflowError(f"{path}: not valid YAML at {where}: {getattr(exc, 'problem', None) or exc}") from None
+        yamlio.load(path)
+    except yamlio.YAMLInputError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
-_check_yaml("params.yaml")
+for _path in ["params.yaml", *workflow.overwrite_configfiles]:
+    _check_yaml(_path)
