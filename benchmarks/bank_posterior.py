@@ -1,5 +1,5 @@
 """How sharply does the closed-form world prior's posterior collapse onto single bank images, at a given bank
-resolution and size? A diagnostic for the 64x64 rehearsal (issue #16), whose shaded surfaces crumple where the 32x32
+resolution and size? A diagnostic for the 64x64 rehearsal, whose shaded surfaces crumple where the 32x32
 proxy's do not.
 
 For held-out renders of the true primitives (the bank's own camera sampler and lit shading, another seed, so images

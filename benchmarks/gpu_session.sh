@@ -1,20 +1,17 @@
 #!/usr/bin/env bash
-# The prepared device check of issue #16 on a lent H100/H200 (15 minutes of device time a session, start included; a
-# machine left idle 30 s goes back, and a second call starts a bare one, bank and all). Here:
+# The prepared rehearsal check on a lent H100/H200 (15 minutes of device time a session, start included; a machine
+# left idle 30 s goes back, and a second call starts a bare one, bank and all). Here:
 #   bash benchmarks/gpu_wheels.sh      (the wheels the image lacks → .whl/)
 # then the device tool, at once:
 #   run(command="bash benchmarks/gpu_session.sh [VARIANT ...]", carry=[".whl"], timeout_s=590)
-# A VARIANT is one quoted argument list for recipe_probe.py; none means the preset itself ("--jobs 3"). Session 15:
+# A VARIANT is one quoted argument list for recipe_probe.py; none means the preset itself ("--jobs 3"). Examples:
 #   1. bash benchmarks/gpu_session.sh                                     (≈ 300 s: start, bank, 3 objects)
 #   2. LIMIT=400 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh \
 #        "--set shading.albedo_steps=2000 --prompts 'a green cube' 'an orange pyramid' --jobs 2" \
 #        "--set train.lr=0.005 --prompts 'a green cube' 'an orange pyramid' --jobs 2" …    (≈ 470 s, 6 processes)
-# Session 16 ran the analytic preset, the normal smoothness and a timestep floor (all crumpled the MLP-decoded field).
-# Next (RESULTS, session 16): the preset's decoder-free field on all three prompts, with the analytic normals it asks
-# for (by gathers on the image's torch: slow there, ~1.5 steps/s a process with 6) and with central differences
-# (grid_sample: fast), 6 processes:
-#   LIMIT=450 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh "--jobs 3" \
-#     "--set nerf.lookup=grid_sample --set nerf.normals=finite_difference --jobs 3"
+#   3. analytic normals (by gathers on the image's torch) against central differences (grid_sample), 6 processes:
+#      LIMIT=450 SCORE_AT="500 1000 1500" bash benchmarks/gpu_session.sh "--jobs 3" \
+#        "--set nerf.lookup=grid_sample --set nerf.normals=finite_difference --jobs 3"
 #
 # It measures the paper-shaped rehearsal on a GPU (configs/rehearsal-sd.yaml: the SD preset's
 # field, 64x64 renders, background, shading and regularisers, the world prior, 2,000 steps) through

@@ -5,7 +5,7 @@ pipeline.geometry scores at one threshold (the mesh stage's iso-level, ln 2 / (b
 up softly inside the surface reads as undersized there (recall < precision), one with a filled hole or a haze as
 oversized (precision < recall). Same grid, same truth, same code as pipeline.geometry.
 
-    python benchmarks/iou_vs_threshold.py [--models 'results/primitives/world-w10-uniform/*/seed0/model.safetensors']
+    python benchmarks/probes/iou_vs_threshold.py [--models 'results/primitives/world-w10-uniform/*/seed0/model.safetensors']
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipeline.geometry import GRID, grid_points, volume_scores
 from pipeline.mesh import default_threshold, density_grid

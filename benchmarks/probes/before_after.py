@@ -1,7 +1,7 @@
 """Side-by-side contact sheet of two variants' objects (README pictures): one row per object, the colour views at
 the first azimuths of variant A on the left and of variant B on the right, taken from each object's views/ folder.
 
-    python benchmarks/before_after.py results/primitives world-w10-uniform-recipe1 world-w10-uniform docs/x.png
+    python benchmarks/probes/before_after.py results/primitives world-w10-uniform-recipe1 world-w10-uniform docs/x.png
 """
 
 from __future__ import annotations
