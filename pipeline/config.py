@@ -568,9 +568,17 @@ _SPECIFIC = ("extra_forbidden", "finite_number", "greater_than", "greater_than_e
 
 
 def _message(errors: list[dict[str, Any]], src: str) -> str:
-    """Our one-line, located message for the first failing key of a pydantic ValidationError."""
-    first = _locate(errors[0]["loc"])[0]
-    same = [e for e in errors if _locate(e["loc"])[0] == first]
+    """One located line per failing key of a pydantic ValidationError, every key at once (in the file's order)."""
+    keys: list[Any] = []
+    for e in errors:
+        key = _locate(e["loc"])[0]
+        if key not in keys:
+            keys.append(key)
+    return "\n".join(_key_message([e for e in errors if _locate(e["loc"])[0] == key], src) for key in keys)
+
+
+def _key_message(same: list[dict[str, Any]], src: str) -> str:
+    """The one-line message of one key's errors: the most specific of them."""
     err = next((e for e in same if e["type"] in _SPECIFIC or e["type"].startswith("schedule_")), same[0])
     key, tp, owner, unknown = _locate(err["loc"])
     value, kind, ctx = err["input"], err["type"], err.get("ctx") or {}
@@ -750,6 +758,27 @@ def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
             _set_dotted(variant, key, v, f"{src} (ablation.{label})")
         from_dict(variant, f"{src} (ablation.{label})")
     return cfg
+
+
+def _merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` over `base`, mappings merged key by key (as Snakemake merges --configfile and --config)."""
+    out = dict(base)
+    for k, v in layer.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def from_layers(layers: list[tuple[str, Any]], merged: dict[str, Any]) -> Config:
+    """Validate the config the way Snakemake builds it: params.yaml, then each --configfile in order, then the
+    --config overrides (`merged`, what Snakemake hands the workflow). Each problem is reported against the first file
+    after which the config is wrong, so a bad value in a preset names the preset, not params.yaml."""
+    data: dict[str, Any] = {}
+    for name, layer in layers:
+        if not isinstance(layer, dict | None):
+            raise ConfigError(f"{name}: must be a mapping of keys to values, got {type(layer).__name__}")
+        data = _merged(data, layer or {})
+        from_dict(copy.deepcopy(data), name)
+    return from_dict(merged, "--config overrides" if layers else "params.yaml")
 
 
 def load(path: str | Path) -> Config:

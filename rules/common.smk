@@ -6,11 +6,14 @@ sys.path.insert(0, workflow.basedir)
 
 from pipeline import config as cfgmod  # noqa: E402
 from pipeline import prompts as promptmod  # noqa: E402
+from pipeline import yamlio  # noqa: E402
 from pipeline.provenance import module_sources  # noqa: E402
 from snakemake.utils import validate  # noqa: E402
 
 try:
-    CFG = cfgmod.from_dict(config, "params.yaml (+ --config/--configfile overrides)")
+    CFG = cfgmod.from_layers(  # every problem at once, each named with the file that brought it in
+        [(f, yamlio.load(f)) for f in ["params.yaml", *workflow.overwrite_configfiles]], config
+    )
     VARIANTS = cfgmod.variants(CFG)
     for _resolved in VARIANTS.values():  # the same rules as JSON schema (editors use it): generated from pipeline/config.py
         validate(_resolved.to_dict(), os.path.join(workflow.basedir, "schemas/params.schema.json"))
@@ -21,6 +24,23 @@ try:
     )
 except (cfgmod.ConfigError, promptmod.PromptFileError) as exc:
     raise WorkflowError(str(exc)) from None
+
+
+def _preflight():
+    """GPU presets: stop before any job (dry runs included) when this machine cannot run them."""
+    from pipeline.guidance import needs_gpu
+
+    if not any(needs_gpu(v.guidance.name) and v.train.device != "cpu" for v in VARIANTS.values()):
+        return
+    from pipeline import preflight
+
+    local = workflow.is_main_process and not preflight.cluster_executor(sys.argv, os.environ)
+    found = preflight.problems(VARIANTS.values(), check_cuda=local)
+    if found:
+        raise WorkflowError("this machine cannot run the configured variants:\n- " + "\n- ".join(found))
+
+
+_preflight()
 
 RESULTS = f"results/{BENCH}"
 STUDY = CFG.study or BENCH

@@ -13,6 +13,16 @@ def test_kubernetes_profile_lints(workdir):
     assert "good condition" in out.stdout + out.stderr
 
 
+def _weights(workdir) -> str:
+    """A preset overlay pointing guidance.model at a local pipeline directory: the workflow checks that the weights
+    are there before planning any job (the submitting machine needs no GPU when jobs go to a cluster)."""
+    model = workdir / "sd-weights"
+    model.mkdir(exist_ok=True)
+    (model / "model_index.json").write_text("{}")
+    (workdir / "weights.yaml").write_text(f"guidance:\n  model: {model}\n")
+    return "weights.yaml"
+
+
 def _train_resources(out: str) -> list[str]:
     return [ln.strip() for ln in out.splitlines() if ln.strip().startswith("resources:") and "mem_mb=32000" in ln]
 
@@ -23,7 +33,9 @@ def test_slurm_requests_gpus_only_for_gpu_priors_and_never_gres(workdir):
     world = run_snakemake(workdir, "--profile", "profiles/slurm", "-n").stdout
     res = _train_resources(world)
     assert res and all("gpu=0" in r and "gres" not in r for r in res), res
-    sd = run_snakemake(workdir, "--profile", "profiles/slurm", "-n", "--configfile", "configs/sd21-coco153.yaml").stdout
+    sd = run_snakemake(
+        workdir, "--profile", "profiles/slurm", "-n", "--configfile", "configs/sd21-coco153.yaml", _weights(workdir)
+    ).stdout
     res = _train_resources(sd)
     assert res and all("gpu=1" in r and "gres" not in r for r in res), res[:2]
     from snakemake_executor_plugin_slurm.utils import set_gres_string
@@ -95,10 +107,11 @@ def _kubernetes_job(resources: dict):
     return sent[0]
 
 
-def test_kubernetes_job_specs_through_the_plugin(workdir):
+def test_kubernetes_job_specs_through_the_plugin(workdir, monkeypatch):
     """The profile's resources, resolved by Snakemake for our rules, turned into pod specs by the plugin itself:
     GPU training gets one NVIDIA GPU and its toleration; world training gets none; memory and ephemeral storage are
     requested as the profile says."""
+    monkeypatch.setenv("DREAMFUSION_SUBMIT_ONLY", "1")  # the executor is taken out below: the jobs run elsewhere
     prof = yaml.safe_load((workdir / "profiles/kubernetes/config.yaml").read_text())
     for key in (
         "executor",
@@ -112,7 +125,13 @@ def test_kubernetes_job_specs_through_the_plugin(workdir):
     (workdir / "profiles/k8s-resources/config.yaml").write_text(yaml.safe_dump(prof))
     sd = _job_resources(
         run_snakemake(
-            workdir, "--profile", "profiles/k8s-resources", "-n", "--configfile", "configs/sd21-coco153.yaml"
+            workdir,
+            "--profile",
+            "profiles/k8s-resources",
+            "-n",
+            "--configfile",
+            "configs/sd21-coco153.yaml",
+            _weights(workdir),
         ).stdout,
         "train",
     )
@@ -131,3 +150,25 @@ def test_kubernetes_job_specs_through_the_plugin(workdir):
     requests = cpu_job.spec.template.spec.containers[0].resources.requests
     assert requests.get("nvidia.com/gpu", "0") == "0"  # the world trains on CPUs: no GPU is requested
     assert requests["memory"] == "32000M" and requests["ephemeral-storage"] == "60000M"
+
+
+def test_a_gpu_preset_without_cuda_or_weights_stops_before_any_job(workdir):
+    """The dry run itself refuses, once, with what is missing and the commands (IF: the licence and the login
+    first), instead of planning 306 training jobs that each fail in their log."""
+    out = run_snakemake(workdir, "-n", "--configfile", "configs/if-coco153.yaml", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "this machine cannot run the configured variants" in text
+    assert "deepfloyd-if needs a CUDA GPU and none is visible here" in text
+    assert "accept the licence at https://huggingface.co/DeepFloyd/IF-I-XL-v1.0" in text and "hf auth login" in text
+    assert "`hf download DeepFloyd/IF-I-XL-v1.0 --include 'model_index.json'" in text
+    assert "Job stats" not in text
+    cpu = run_snakemake(
+        workdir,
+        "-n",
+        "--configfile",
+        "configs/if-coco153.yaml",
+        _weights(workdir),
+        "--config",
+        "train={'device': 'cpu'}",
+    )
+    assert "train" in cpu.stdout

@@ -18,8 +18,10 @@ WORLD_UNET_DIR = "models/world-unet"
 
 Builder = Callable[[Config, torch.device, torch.dtype, "str | Path | None"], Guidance]
 GUIDANCE: Registry[Builder] = Registry("guidance model")
-"""guidance.name → a builder (cfg, device, dtype, world bank) → Guidance. `needs_gpu`: only practical on a GPU, so
-training with train.device auto and no CUDA stops at once, and cluster jobs ask for a GPU."""
+"""guidance.name → a builder (cfg, device, dtype, world bank) → Guidance. Properties: `needs_gpu` (only practical
+on a GPU: training with train.device auto and no CUDA stops at once, cluster jobs ask for a GPU, and the workflow
+checks before any job starts), `default_model` (the hub name used when guidance.model is empty) and `components`
+(what is downloaded and loaded)."""
 
 
 @GUIDANCE.register("world")
@@ -36,18 +38,29 @@ def _world_unet(cfg: Config, device: torch.device, dtype: torch.dtype, world_ban
     return PixelDiffusersGuidance(cfg.guidance.model or WORLD_UNET_DIR, device, dtype)
 
 
-@GUIDANCE.register("stable-diffusion", needs_gpu=True)
+@GUIDANCE.register(
+    "stable-diffusion",
+    needs_gpu=True,
+    default_model="stabilityai/stable-diffusion-2-1-base",
+    components=("tokenizer", "text_encoder", "unet", "scheduler", "vae"),  # StableDiffusionGuidance.components
+)
 def _stable_diffusion(cfg: Config, device: torch.device, dtype: torch.dtype, world_bank: str | Path | None) -> Guidance:
     from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
 
-    return StableDiffusionGuidance(cfg.guidance.model, device, dtype, cfg.guidance.latent_resolution)
+    model = cfg.guidance.model or GUIDANCE.prop("stable-diffusion", "default_model")
+    return StableDiffusionGuidance(model, device, dtype, cfg.guidance.latent_resolution)
 
 
-@GUIDANCE.register("deepfloyd-if", needs_gpu=True)
+@GUIDANCE.register(
+    "deepfloyd-if",
+    needs_gpu=True,
+    default_model="DeepFloyd/IF-I-XL-v1.0",
+    components=("tokenizer", "text_encoder", "unet", "scheduler"),  # DeepFloydIFGuidance.components
+)
 def _deepfloyd_if(cfg: Config, device: torch.device, dtype: torch.dtype, world_bank: str | Path | None) -> Guidance:
     from pipeline.guidance.deepfloyd_if import DeepFloydIFGuidance
 
-    return DeepFloydIFGuidance(cfg.guidance.model, device, dtype)
+    return DeepFloydIFGuidance(cfg.guidance.model or GUIDANCE.prop("deepfloyd-if", "default_model"), device, dtype)
 
 
 def needs_gpu(name: str) -> bool:

@@ -7,9 +7,7 @@ import torch
 
 from pipeline.guidance.diffusers_prior import PixelDiffusersGuidance
 
-DEFAULT_MODEL = "DeepFloyd/IF-I-XL-v1.0"
-
 
 class DeepFloydIFGuidance(PixelDiffusersGuidance):
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__(model or DEFAULT_MODEL, device, dtype)
+        super().__init__(model, device, dtype)

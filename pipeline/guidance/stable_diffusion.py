@@ -10,15 +10,13 @@ from torch import Tensor
 from pipeline.guidance.diffusers_prior import DiffusersGuidance
 from pipeline.guidance.loading import load_component
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
-
 
 class StableDiffusionGuidance(DiffusersGuidance):
     kind = "latent"
     components = (*DiffusersGuidance.components, "vae")
 
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype, latent_resolution: int = 512) -> None:
-        super().__init__(model or DEFAULT_MODEL, device, dtype)
+        super().__init__(model, device, dtype)
         self.vae = load_component(self.root, "vae", self.variant, torch_dtype=dtype).to(device).eval()
         self.vae.requires_grad_(False)  # frozen, but differentiable w.r.t. its input
         self.latent_resolution = latent_resolution
