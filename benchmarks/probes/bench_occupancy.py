@@ -6,7 +6,8 @@ field query, no backward through the grid); with 48 samples per ray, at most 1 �
 lost. For every trained object this prints, at the training setting (4 random cameras, 32², 48 samples, midpoint
 samples), the share of samples that must still be evaluated per threshold τ, for the freshly initialised field too.
 
-    python benchmarks/probes/bench_occupancy.py [--models 'results/primitives/world-w10-uniform/*/seed0/model.safetensors']
+    python benchmarks/probes/bench_occupancy.py \
+        [--models 'results/primitives/world-w10-uniform/*/seed0/model.safetensors']
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ pipeline.geometry scores at one threshold (the mesh stage's iso-level, ln 2 / (b
 up softly inside the surface reads as undersized there (recall < precision), one with a filled hole or a haze as
 oversized (precision < recall). Same grid, same truth, same code as pipeline.geometry.
 
-    python benchmarks/probes/iou_vs_threshold.py [--models 'results/primitives/world-w10-uniform/*/seed0/model.safetensors']
+    python benchmarks/probes/iou_vs_threshold.py \
+        [--models 'results/primitives/world-w10-uniform/*/seed0/model.safetensors']
 """
 
 from __future__ import annotations
