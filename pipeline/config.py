@@ -344,8 +344,9 @@ class EvaluateConfig:
     """per-view: each view ranks the captions, hits averaged over views; mean-embedding: views averaged first."""
     clip_cache: str = ""
     """Download cache for named CLIP models (empty = clip-anytorch's default ~/.cache/clip)."""
-    bootstrap: int = field(default=2000, metadata=_range(100, 100_000))
-    """Bootstrap resamples for the report's confidence intervals."""
+    bootstrap: int = field(default=10_000, metadata=_range(100, 100_000))
+    """Bootstrap resamples of every 95 % interval (BCa, pipeline/stats.py): the report's, the findings' and the
+    numbers MLflow and DVC see are the same intervals."""
 
 
 @dataclass

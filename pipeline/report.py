@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import stats
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.metrics import GEOMETRY, metric
 from pipeline.metrics import clip_short_name as _short
@@ -35,16 +36,6 @@ PAPER_TABLE1 = [
     ("DreamFusion", {"ViT-B/32": (75.1, 42.5), "ViT-B/16": (77.5, 46.6), "ViT-L/14": (79.7, 58.5)}),
 ]
 MODES = ("color", "geo")
-
-
-def bootstrap_ci(values: np.ndarray, n: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of `values` (resampling objects with replacement)."""
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
 def _pct(x: Any) -> str:
@@ -291,12 +282,13 @@ def paired(
     scores: dict[Any, float], base: dict[Any, float], n: int, seed: int
 ) -> tuple[float, float, float, float, float, float]:
     """(mean, CI low, CI high) of `scores` and (mean, CI low, CI high) of the paired difference against `base` on
-    the objects both have (95 % percentile bootstrap over objects)."""
+    the objects both have: 95 % BCa intervals over objects, the same function (and so the same numbers) as the
+    findings' (pipeline/stats.py)."""
     vals = np.array(list(scores.values()), dtype=np.float64)
-    lo, hi = bootstrap_ci(vals, n, seed)
+    lo, hi = stats.bca_interval(vals, n, seed)
     common = sorted(set(base) & set(scores))
     diff = np.array([scores[k] - base[k] for k in common], dtype=np.float64)
-    dlo, dhi = bootstrap_ci(diff, n, seed)
+    dlo, dhi = stats.bca_interval(diff, n, seed)
     mean = float(vals.mean()) if len(vals) else float("nan")
     dmean = float(diff.mean()) if len(diff) else float("nan")
     return mean, lo, hi, dmean, dlo, dhi

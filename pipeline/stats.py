@@ -1,4 +1,6 @@
-"""Paired comparisons of variants for small n: BCa bootstrap intervals, effect sizes, exact sign-flip permutation
+"""The project's one statistics module (the report, the findings and MLflow all take their intervals from here).
+
+Paired comparisons of variants for small n: BCa bootstrap intervals, effect sizes, exact sign-flip permutation
 tests, Holm's correction across the variants compared, and the minimum detectable difference at the study's n.
 
 A study trains every variant on the same prompts and seeds, so each object of a variant has a twin in the baseline:
@@ -12,7 +14,7 @@ the prompt-to-prompt spread (a torus is harder than a sphere under every variant
 - p-value: the exact two-sided sign-flip permutation test of mean(d) = 0 (all 2^n sign patterns for n ≤ 16,
   `scipy.stats.permutation_test`), which assumes only that d is symmetric under the null.
 - Multiple comparisons: Holm's step-down adjustment across the k variants compared with the baseline, per metric
-  (family-wise error ≤ α for each metric's k comparisons).
+  (family-wise error ≤ α for each metric's k comparisons), `statsmodels.stats.multitest.multipletests`.
 - Minimum detectable difference (MDD): the true mean difference this design detects with probability `power` at the
   Bonferroni level α/k (conservative for Holm), from the paired t approximation
   MDD = (t_{1−α/2k, n−1} + t_{power, n−1}) · s_d / √n, with s_d pooled over the k comparisons. "No detectable
@@ -74,14 +76,14 @@ def sign_flip_pvalue(diff: Sequence[float], seed: int) -> float:
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (NaN entries stay NaN and do not count towards k)."""
+    """Holm's step-down adjusted p-values, by statsmodels (NaN entries stay NaN and do not count towards k)."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=np.float64)
     out = np.full(len(p), np.nan)
-    idx = [i for i in np.argsort(p, kind="stable") if np.isfinite(p[i])]
-    k, running = len(idx), 0.0
-    for rank, i in enumerate(idx):
-        running = max(running, min(1.0, (k - rank) * p[i]))
-        out[i] = running
+    finite = np.isfinite(p)
+    if finite.any():
+        out[finite] = multipletests(p[finite], alpha=ALPHA, method="holm")[1]
     return out.tolist()
 
 

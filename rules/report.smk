@@ -71,13 +71,14 @@ rule findings:
     params:
         out=lambda w, output: os.path.dirname(output.md),
         study=STUDY,
+        bootstrap=CFG.evaluate.bootstrap,
     log:
         f"{RESULTS}/logs/findings-{STUDY}.log",
     conda:
         "../envs/dreamfusion.yaml"
     shell:
         "python -m pipeline.findings --study {params.study:q} --evals {input.evals:q} --configs {input.configs:q}"
-        " --out-dir {params.out:q} > {log:q} 2>&1"
+        " --bootstrap {params.bootstrap:q} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule publish:

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from pipeline.evaluate import ClipScorer, EvaluationError, evaluate, mean_and_stderr, object_score, true_ranks
 from pipeline.prompts import normalize
-from pipeline.report import bootstrap_ci, build
+from pipeline.report import build
+from pipeline.stats import bca_interval
 from tests.tiny_models import save_tiny_clip
 
 
@@ -98,10 +99,29 @@ def test_bootstrap_is_reproducible_and_covers_the_mean():
     covered = 0
     for trial in range(100):
         x = rng.binomial(1, 0.6, size=60).astype(float)
-        lo, hi = bootstrap_ci(x, 500, seed=trial)
-        assert (lo, hi) == bootstrap_ci(x, 500, seed=trial)
+        lo, hi = bca_interval(x, 500, seed=trial)
+        assert (lo, hi) == bca_interval(x, 500, seed=trial)
         covered += lo <= 0.6 <= hi
     assert covered >= 88  # nominal 95 %
+
+
+def test_one_number_gets_one_interval_in_the_report_and_the_findings():
+    """The report's comparison and the findings compute their intervals with the same function, resamples and
+    seed: the same objects give the same digits on both pages."""
+    from pipeline import findings, report, stats
+
+    rng = np.random.default_rng(1)
+    keys = [(f"p{i}", 0) for i in range(12)]
+    base = {k: float(x) for k, x in zip(keys, rng.uniform(0.4, 0.7, 12), strict=True)}
+    other = {k: v + float(rng.normal(0.05, 0.02)) for k, v in base.items()}
+    mean, lo, hi, dmean, dlo, dhi = report.paired(other, base, 2000, 0)
+    evals = {
+        v: {"objects": [], "geometry": {"objects": [{"prompt_id": p, "seed": s, "iou": x} for (p, s), x in d.items()]}}
+        for v, d in (("a", base), ("b", other))
+    }
+    comps, _ = stats.compare({v: findings.per_object(ev, "iou") for v, ev in evals.items()}, "a", "iou", 2000, 0)
+    assert comps["b"].mean_ci == (lo, hi) and comps["b"].delta_ci == (dlo, dhi)
+    assert comps["b"].mean == pytest.approx(mean) and comps["b"].delta == pytest.approx(dmean)
 
 
 def _synthetic_eval(scale, scores):
