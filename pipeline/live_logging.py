@@ -121,8 +121,8 @@ def live_training(
         buffer.clear()
 
     def hook(step: int, metrics: dict[str, float]) -> None:
-        ts = int(time.time() * 1000)
-        buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step")
+        ts = int(metrics.get("time", time.time()) * 1000)
+        buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items() if k not in ("step", "time"))
         if len(buffer) >= 1000:
             flush()
 

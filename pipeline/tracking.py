@@ -135,6 +135,20 @@ def _number(v: Any) -> bool:
 # --------------------------------------------------------------------------- logging the records (track rule)
 
 
+TIMES = ("started_at", "finished_at")
+"""metrics.json's wall-clock start and end of training (unix seconds): the runs' own start and end times."""
+
+
+def _times(folder: Path) -> tuple[int | None, int | None]:
+    """(start, end) of the object's training in ms since the epoch, from its metrics.json (None if unknown)."""
+    try:
+        record = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    start, end = (int(float(record[k]) * 1000) if _number(record.get(k)) else None for k in TIMES)
+    return start, end
+
+
 def _object_run(client, exp_id: str, parent: str, cfg: Config, variant: str, folder: Path, text: str) -> str:
     """The object's child run: the live run recorded in tracking.json, else a new one (replacing older records)."""
     prompt_id, seed = folder.parent.name, int(folder.name.removeprefix("seed"))
@@ -149,7 +163,8 @@ def _object_run(client, exp_id: str, parent: str, cfg: Config, variant: str, fol
         client.set_tag(keep, "results_dir", str(folder.resolve()))
         return keep
     tags = object_tags(cfg, variant, prompt_id, seed, text, folder) | {"mlflow.parentRunId": parent}
-    run_id = client.create_run(exp_id, run_name=f"{prompt_id}/seed{seed}", tags=tags).info.run_id
+    start, _ = _times(folder)
+    run_id = client.create_run(exp_id, run_name=f"{prompt_id}/seed{seed}", start_time=start, tags=tags).info.run_id
     _log_params(client, run_id, _flatten(cfg.to_dict()))
     return run_id
 
@@ -162,11 +177,14 @@ def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
     if not live and (folder / "log.jsonl").exists():
         steps = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
         history = [
-            Metric(k, float(v), ts, s["step"]) for s in steps for k, v in s.items() if k != "step" and _number(v)
+            Metric(k, float(v), int(s["time"] * 1000) if _number(s.get("time")) else ts, s["step"])
+            for s in steps
+            for k, v in s.items()
+            if k not in ("step", "time") and _number(v)
         ]
         log_metrics(client, run_id, history)
     _log_params(client, run_id, {f"object.{k}": str(record[k]) for k in PARAM_KEYS if k in record})
-    measured = _flatten({k: v for k, v in record.items() if k not in PARAM_KEYS})
+    measured = _flatten({k: v for k, v in record.items() if k not in PARAM_KEYS and k not in TIMES})
     final = [Metric(f"final.{k}", float(v), ts, 0) for k, v in measured.items() if _float(v) is not None]
     log_metrics(client, run_id, final)
     geometry = folder / "geometry.json"
@@ -234,20 +252,22 @@ def log_variant(client, cfg: Config, variant_dir: Path, texts: dict[str, str]) -
         "cfg_convention": cfg.guidance.convention,
         "results_dir": str(variant_dir.resolve()),
     }
-    parent = client.create_run(exp_id, run_name=variant, tags=tags).info.run_id
+    objects = sorted(m.parent for m in variant_dir.glob("*/seed*/metrics.json"))
+    times = [_times(folder) for folder in objects]
+    starts, ends = [t[0] for t in times if t[0]], [t[1] for t in times if t[1]]
+    parent = client.create_run(exp_id, run_name=variant, start_time=min(starts, default=None), tags=tags).info.run_id
     _log_params(client, parent, _flatten(cfg.to_dict()))
     runs: dict[tuple[str, int], str] = {}
-    for metrics in sorted(variant_dir.glob("*/seed*/metrics.json")):
-        folder = metrics.parent
+    for folder, (_, end) in zip(objects, times, strict=True):
         key = (folder.parent.name, int(folder.name.removeprefix("seed")))
         run_id = _object_run(client, exp_id, parent, cfg, variant, folder, texts.get(key[0], ""))
         _log_object(client, run_id, folder, live=(folder / LIVE_RECORD).exists())
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=end)
         runs[key] = run_id
     rp = variant_dir / "rprecision.json"
     if rp.exists():
         _log_evaluation(client, parent, runs, json.loads(rp.read_text()))
-    client.set_terminated(parent, "FINISHED")
+    client.set_terminated(parent, "FINISHED", end_time=max(ends, default=None))
     return {"parent": parent, "objects": {f"{p}/seed{s}": r for (p, s), r in runs.items()}}
 
 

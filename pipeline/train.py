@@ -209,14 +209,19 @@ def _require_writable(out: Path) -> None:
         ) from None
 
 
-def _open_log(out: Path, start: int) -> Path:
-    """log.jsonl as a resume at `start` continues it: new when starting, cut back to the steps before `start`."""
+def _open_log(out: Path, start: int) -> tuple[Path, float]:
+    """log.jsonl as a resume at `start` continues it (new when starting, cut back to the steps before `start`), and
+    when the run started (the wall-clock time of its first step, for a resumed run the first run's)."""
     log_path = out / "log.jsonl"
     if start == 0:
         log_path.unlink(missing_ok=True)
-    else:
-        _truncate_log(log_path, start)
-    return log_path
+        return log_path, time.time()
+    _truncate_log(log_path, start)
+    first = log_path.read_text(encoding="utf-8").split("\n", 1)[0] if log_path.exists() else ""
+    try:
+        return log_path, float(json.loads(first)["time"])
+    except (ValueError, KeyError, TypeError):
+        return log_path, time.time()
 
 
 @dataclass
@@ -286,6 +291,7 @@ def sds_step(run: Run, step: int, g: torch.Generator) -> tuple[dict[str, float],
         "score_norm": float(s.score_norm.mean()),
         "sds_nonfinite": int(s.nonfinite),
         "lr": learning_rate(cfg, step),
+        "time": round(time.time(), 3),
     }
     return record, res, c
 
@@ -365,7 +371,7 @@ def train(
     guidance.embed(prompter.texts())
     guidance.release_text_encoder()  # every text this run needs is cached
     run = Run(cfg, model, opt, guidance, prompter, schedule, device, ckpt_dir)
-    log_path = _open_log(out, start)
+    log_path, started_at = _open_log(out, start)
     t_start = time.perf_counter()
     bar = tqdm(
         range(start, cfg.train.steps),
@@ -401,6 +407,7 @@ def train(
                 )
     model.field.set_step(None)  # the saved object is the fully unlocked field
     metrics = _final_metrics(run, ident, start, restart, time.perf_counter() - t_start, last)
+    metrics |= {"started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
     save_model(out / "model.safetensors", model, cfg, ident)
     atomic_write_json(out / "metrics.json", metrics)
     keep_final(ckpt_dir, out, final_record)

@@ -23,9 +23,10 @@ def _fake_results(root: Path, variant: str = "world-w10-uniform", objects: int =
         prompts.append({"id": pid, "text": f"prompt {i}"})
         obj = vdir / pid / "seed0"
         obj.mkdir(parents=True)
-        lines = [{"step": s, "loss": 1.0 / (s + 1), "lr": 0.1} for s in range(steps)]
+        lines = [{"step": s, "loss": 1.0 / (s + 1), "lr": 0.1, "time": 1_700_000_000.0 + 2 * s} for s in range(steps)]
         (obj / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         metrics = {"seed": 0, "guidance_scale": 10.0, "device": "cpu", "final_loss": 0.5, "wall_seconds": 1.0}
+        metrics |= {"started_at": 1_700_000_000.0 + i, "finished_at": 1_700_000_000.0 + 2 * steps + i}
         (obj / "metrics.json").write_text(json.dumps(metrics))
         (obj / "sheet.png").write_bytes(b"png")
         evals.append({"prompt_id": pid, "seed": 0, "clip": "m.pt", "mode": "color", "score": 1.0})
@@ -79,7 +80,14 @@ def test_records_are_logged_with_params_and_history(tmp_path, monkeypatch):
 
     client = MlflowClient(rec["uri"])
     run = client.get_run(rec["variants"]["world-w10-uniform"]["objects"]["p0/seed0"])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2, 3, 4]
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [0, 1, 2, 3, 4]
+    # the runs carry the training's own times, not the tracking job's
+    assert [m.timestamp for m in history] == [1_700_000_000_000 + 2000 * s for s in range(5)]
+    assert (run.info.start_time, run.info.end_time) == (1_700_000_000_000, 1_700_000_010_000)
+    parent = client.get_run(rec["variants"]["world-w10-uniform"]["parent"])
+    assert (parent.info.start_time, parent.info.end_time) == (1_700_000_000_000, 1_700_000_011_000)
+    assert "time" not in run.data.metrics and "final.started_at" not in run.data.metrics
     assert run.data.metrics["final.final_loss"] == 0.5
     assert run.data.metrics["rprecision.m.color"] == 1.0
     # per-object constants are params, never metrics
