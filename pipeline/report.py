@@ -154,13 +154,13 @@ def comparison(
     variants = list(evals)
     plot_rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
+    single = len(variants) < 2  # nothing to pair with: no Δ columns (a variant against itself is all zeros)
     comp = [
         "# Variants: R-precision with 95 % bootstrap CIs (objects resampled)",
         "",
-        "| variant | CLIP | mode | R-precision | 95 % CI | Δ vs "
-        + (variants[0] if variants else "")
-        + " (paired) | 95 % CI of Δ |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | CLIP | mode | R-precision | 95 % CI |"
+        + ("" if single else f" Δ vs {variants[0]} (paired) | 95 % CI of Δ |"),
+        "|---|---|---|---|---|" + ("" if single else "---|---|"),
     ]
     for v, ev in evals.items():
         metrics[v] = {}
@@ -172,8 +172,12 @@ def comparison(
                 base = object_scores(evals[variants[0]], c, "geo" if m == "geo_shape" else m, key)
                 mean, lo, hi, dmean, dlo, dhi = paired(scores, base, bootstrap, seed)
                 comp.append(
-                    f"| {v} | {_short(c)} | {m} | {_pct(mean)} | [{_pct(lo)}, {_pct(hi)}] | "
-                    f"{_pct(dmean if np.isfinite(dmean) else None)} | [{_pct(dlo)}, {_pct(dhi)}] |"
+                    f"| {v} | {_short(c)} | {m} | {_pct(mean)} | [{_pct(lo)}, {_pct(hi)}] |"
+                    + (
+                        ""
+                        if single
+                        else f" {_pct(dmean if np.isfinite(dmean) else None)} | [{_pct(dlo)}, {_pct(dhi)}] |"
+                    )
                 )
                 metrics[v][_short(c)][m] = round(mean, 4)
                 plot_rows.append(
@@ -298,11 +302,12 @@ def _geometry_comparison(
     geo: dict[str, dict[str, Any]], baseline: str, bootstrap: int, seed: int, metrics: dict[str, Any]
 ) -> list[str]:
     """comparison.md's geometry section (same bootstrap and pairing as R-precision); fills metrics[v]["geometry"]."""
+    single = len(geo) < 2
     lines = [
         "# Variants: geometry against the analytic primitives, 95 % bootstrap CIs (objects resampled)",
         "",
-        f"| variant | measure | mean | 95 % CI | Δ vs {baseline} (paired) | 95 % CI of Δ |",
-        "|---|---|---|---|---|---|",
+        "| variant | measure | mean | 95 % CI |" + ("" if single else f" Δ vs {baseline} (paired) | 95 % CI of Δ |"),
+        "|---|---|---|---|" + ("" if single else "---|---|"),
     ]
 
     def per_object(v: str, k: str) -> dict[tuple[str, int], float]:
@@ -313,7 +318,8 @@ def _geometry_comparison(
         for k in GEOMETRY:
             mean, lo, hi, dmean, dlo, dhi = paired(per_object(v, k), per_object(baseline, k), bootstrap, seed)
             lines.append(
-                f"| {v} | {k} | {_num(mean)} | [{_num(lo)}, {_num(hi)}] | {_num(dmean)} | [{_num(dlo)}, {_num(dhi)}] |"
+                f"| {v} | {k} | {_num(mean)} | [{_num(lo)}, {_num(hi)}] |"
+                + ("" if single else f" {_num(dmean)} | [{_num(dlo)}, {_num(dhi)}] |")
             )
             metrics[v]["geometry"][k] = None if not np.isfinite(mean) else round(mean, 4)
     return lines
@@ -448,6 +454,32 @@ def _cards(variant: str, ev: dict[str, Any], files: list[Path], runs: dict[str, 
     return "<div class='cards'>" + "".join(cards) + "</div>"
 
 
+def _objects_table(evals: dict[str, Any]) -> str:
+    """One line per object: its caption, seed, colour hit, shape hit, 3D IoU and fog (first CLIP model)."""
+    rows = []
+    for variant, ev in evals.items():
+        clip = next(iter(ev["models"]), None)
+        score = {(o["prompt_id"], o["seed"], o["mode"]): o for o in ev["objects"] if o["clip"] == clip}
+        geo = {(o["prompt_id"], o["seed"]): o for o in ev.get("geometry", {}).get("objects", [])}
+        for pid, seed in sorted({(o["prompt_id"], o["seed"]) for o in ev["objects"]}):
+            g = geo.get((pid, seed), {})
+            cells = [
+                variant,
+                _label(pid),
+                str(seed),
+                _pct(score.get((pid, seed, "color"), {}).get("score")),
+                _pct(score.get((pid, seed, "geo"), {}).get("shape_score")),
+                _num(g.get("iou")),
+                _num(g.get("fog")),
+            ]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("variant", "object", "seed", "colour hit (%)", "shape hit (%)", "3D IoU", "fog (share)")
+    )
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
 def _run_link(url: str | None) -> str:
     if url is None:
         return "not tracked in MLflow (tracking.enabled: false)"
@@ -457,9 +489,9 @@ def _run_link(url: str | None) -> str:
 def _html(
     out_dir: Path, evals: dict[str, Any], gallery: bool, media: dict[str, list[Path]], runs: dict[str, Any]
 ) -> None:
-    """index.html, self-contained (every image and video embedded, so it can be mailed or archived alone): our
-    tables, the variant comparison, the plots, the gallery, one card per object, and last, apart, the paper's table
-    as quoted."""
+    """index.html, self-contained (every image and video embedded, so it can be mailed or archived alone): the
+    gallery first, one line per object, our tables, the variant comparison and its plot (several variants only), one
+    card per object, and last, apart, the paper's table as quoted."""
 
     def md_html(text: str) -> str:
         """Headings, tables and paragraphs of one of our Markdown files, each table kept under its heading."""
@@ -497,17 +529,30 @@ def _html(
         ".card table{font-size:12px;margin-top:4px}.small{font-size:11px;color:#555}"
         ".paper{background:#f6f6f6;padding:1em;border-left:4px solid #999}</style>",
         "<h1>DreamFusion lab report</h1>",
-        "<h2>Our results (measured here)</h2>",
-        md_html(ours),
-        md_html((out_dir / "comparison.md").read_text()),
-        f"<p><img src='{_data_uri(out_dir / 'rprecision_vs_scale.png', 'image/png')}' width=480 "
-        "alt='R-precision vs guidance weight'></p>",
     ]
     if gallery:
         parts.append(
-            "<h2>Gallery</h2><p>colour views at the evaluation azimuths, one row per object</p>"
+            "<p>colour views at the evaluation azimuths, one row per object</p>"
             f"<p><img src='{_data_uri(out_dir / 'gallery.png', 'image/png')}' alt='gallery'></p>"
         )
+    parts += [
+        "<h2>Objects at a glance</h2>",
+        _objects_table(evals),
+        "<h2>Our results (measured here)</h2>",
+        md_html(ours),
+    ]
+    if "GT renders" in ours:
+        parts.append(
+            "<p class='small'>GT renders: the true primitives rendered with the evaluation views, the ceiling. Their "
+            "<i>geo</i> column retrieves textureless (white) renders among coloured captions, so only the colour-blind "
+            "share is right by chance (1 in 6 colours); <i>geo (shape)</i> scores the shape alone.</p>"
+        )
+    if len(evals) > 1:  # one variant has nothing to be compared with
+        parts += [
+            md_html((out_dir / "comparison.md").read_text()),
+            f"<p><img src='{_data_uri(out_dir / 'rprecision_vs_scale.png', 'image/png')}' width=480 "
+            "alt='R-precision vs guidance weight'></p>",
+        ]
     parts.append("<h2>Objects</h2>")
     for variant, files in media.items():
         if variant in evals:

@@ -5,7 +5,8 @@
   camera code. Float arrays go to views.npz (what the evaluation reads), PNGs to views/ (what people look at).
 * Mesh check: the exported mesh is ray-cast from the same cameras with open3d's RaycastingScene (CPU, headless) and
   its silhouette compared with the field's (opacity > 0.5): mean IoU in views.json.
-* turntable.mp4 / turntable.gif (lit colour, full circle) and sheet.png (rows: colour, textureless, normal, depth).
+* turntable.mp4 / turntable.gif (lit colour, full circle) and sheet.png (rows: colour, textureless, normal, depth,
+  each labelled).
 
     python -m pipeline.views --model .../model.safetensors --mesh .../mesh.ply --out-dir .../
 """
@@ -105,6 +106,21 @@ def _grid(images: list[Tensor], nrow: int, pad: int = 2) -> np.ndarray:
     return (g * 255).round().astype(np.uint8)
 
 
+SHEET_LABELS = {"color": "colour", "textureless": "textureless", "normal": "normals", "depth": "depth"}
+
+
+def _labelled(grid: np.ndarray, labels: list[str], width: int = 76) -> np.ndarray:
+    """The grid with a white column on its left naming each of its rows (rows of equal height)."""
+    from PIL import Image, ImageDraw
+
+    tag = Image.new("RGB", (width, grid.shape[0]), (255, 255, 255))
+    draw = ImageDraw.Draw(tag)
+    row_h = grid.shape[0] / len(labels)
+    for i, text in enumerate(labels):
+        draw.text((4, int((i + 0.5) * row_h) - 5), text, fill=(0, 0, 0))
+    return np.concatenate([np.asarray(tag, dtype=np.uint8), grid], axis=1)
+
+
 def _png(path: Path, array: np.ndarray) -> None:
     import imageio.v3 as iio
 
@@ -131,7 +147,8 @@ def run(
         for i, az in enumerate(azimuths):
             img = (views[mode][i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             _png(out_dir / "views" / f"{mode}_{int(round(az)):03d}.png", img)
-    _png(out_dir / "sheet.png", _grid([views[m] for m in MODES], nrow=len(azimuths)))
+    sheet = _grid([views[m] for m in MODES], nrow=len(azimuths))
+    _png(out_dir / "sheet.png", _labelled(sheet, [SHEET_LABELS[m] for m in MODES]))
 
     info: dict[str, Any] = {
         "prompt": ident["prompt"],

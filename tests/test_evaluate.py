@@ -196,6 +196,18 @@ def test_report_from_synthetic_results(tmp_path):
     assert (tmp_path / "report/rprecision.csv").read_text().startswith("variant,guidance_scale")
 
 
+def test_a_single_variant_report_compares_nothing_with_itself(tmp_path):
+    """One variant: no Δ columns (all zeros against itself), no one-point plot on the page; the first thing on the
+    page is one line per object."""
+    build({"v10": _synthetic_eval(10.0, [1, 1, 0, 1])}, tmp_path / "report", None, bootstrap=200)
+    comp = (tmp_path / "report/comparison.md").read_text()
+    assert "Δ" not in comp and "| v10 | m | color | 75.0 | [" in comp
+    page = (tmp_path / "report/index.html").read_text()
+    assert "R-precision vs guidance weight" not in page and "Variants: R-precision" not in page
+    assert page.index("Objects at a glance") < page.index("Our results (measured here)")
+    assert page.count("<td>v10</td>") == 4  # one line per object
+
+
 def test_bundled_evaluator_loads_and_checksum_is_verified(tmp_path):
     import shutil
 

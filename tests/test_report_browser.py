@@ -79,6 +79,8 @@ def test_report_opens_in_a_headless_browser(tmp_path):
     assert seen["cards"] == 4
     assert seen["mlflow"] == ["http://127.0.0.1:5000/#/experiments/3/runs/0f1e"]
     heads = seen["headings"]
-    assert heads.index("Our results (measured here)") < heads.index("Objects")
+    # the first screen is the gallery and one line per object; the numbers follow
+    assert page.index("alt='gallery'") < page.index("Objects at a glance") < page.index("Our results (measured here)")
+    assert heads.index("Objects at a glance") < heads.index("Our results (measured here)") < heads.index("Objects")
     assert any(h.startswith("DreamFusion Table 1 (quoted from the paper") for h in heads)
     assert heads.index("Objects") < next(i for i, h in enumerate(heads) if h.startswith("DreamFusion Table 1"))
