@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A temp copy of the workflow (Snakefile, rules, prompts, params, pipeline, models) to run Snakemake in."""
+    return copy_workflow(tmp_path)
+
+
+def copy_workflow(tmp_path: Path) -> Path:
+    """Copy what a fresh clone has of the workflow into `tmp_path` (no results, store or caches)."""
     for name in [
         "Snakefile",
         "params.yaml",
