@@ -322,6 +322,14 @@ class MeshConfig:
     """Quadric decimation budget (0 = off)."""
     smooth_iterations: int = field(default=0, metadata=_range(0, 1000))
     """Taubin smoothing iterations (0 = off)."""
+    texture_size: int = field(default=512, metadata=_range(0, 4096))
+    """Side of the baked albedo texture of mesh.glb / mesh.obj (xatlas UVs, the field's albedo read at every texel;
+    pipeline/texture.py). 0 = no texture: mesh.glb carries vertex colours, and no OBJ is written."""
+    texture_padding: int = field(default=4, metadata=_range(0, 64))
+    """Texels the UV charts are grown by (seam padding against bleeding under filtering)."""
+    texture_triangles: int = field(default=20_000, metadata=_range(0, 10_000_000))
+    """The textured export is decimated to at most this many triangles first (UV unwrapping costs ≈ 5 s per 20k
+    triangles on a CPU core); 0 = unwrap the full mesh. mesh.ply keeps the full extraction."""
 
 
 @dataclass

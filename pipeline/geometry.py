@@ -204,6 +204,17 @@ def field_scores(field: torch.nn.Module, cfg: Config, shape: str, seed: int) -> 
     return out
 
 
+AGREEMENT = ("mesh_silhouette_iou", "mesh_colour_psnr")
+"""The views stage's agreement of the exported mesh with the field (views.json), carried into geometry.json so the
+report, the findings, MLflow and DVC see them with the other measures."""
+
+
+def export_agreement(views_path: Path) -> dict[str, float | None]:
+    record = Path(views_path).with_name("views.json")
+    found = json.loads(record.read_text()) if record.exists() else {}
+    return {k: found.get(k) for k in AGREEMENT}
+
+
 def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[str, Any]:
     """Every measure for one trained world object (see the module docstring)."""
     from pipeline.nerf.cameras import orbit_cameras
@@ -234,6 +245,7 @@ def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[st
         opacity, azimuths = torch.from_numpy(z["opacity"]), [float(a) for a in z["azimuths"]]
     truth = render_opacity(None, cfg, shape, orbit_cameras(cfg.camera, azimuths), opacity.shape[-1], cfg.views.samples)
     out["silhouette_iou"] = silhouette_iou(opacity, truth)
+    out.update(export_agreement(views_path))
     for k in METRICS:
         if out[k] is not None and not math.isfinite(out[k]):
             raise GeometryError(f"{model_path}: {k} is not finite")

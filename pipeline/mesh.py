@@ -118,20 +118,85 @@ def stats(mesh) -> dict[str, Any]:
     }
 
 
-def export(mesh, out_dir: Path) -> None:
-    """mesh.ply (Z-up, vertex colours) and mesh.glb (Y-up, vertex colours), atomically."""
+def y_up(v: np.ndarray) -> np.ndarray:
+    """The field's Z-up frame → glTF's and OBJ viewers' Y-up frame."""
+    return np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
+
+
+def z_up(v: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`y_up`."""
+    return np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)
+
+
+TEXTURED = ("mesh.obj", "mesh.mtl", "texture.png")
+"""The OBJ export with its material and texture image (written when mesh.texture_size > 0)."""
+
+
+def export(mesh, out_dir: Path, albedo=None, cfg=None) -> dict[str, Any]:
+    """mesh.ply (Z-up, vertex colours, the full extraction); mesh.glb (Y-up) and, with a texture, mesh.obj +
+    mesh.mtl + texture.png, atomically. `albedo` (points [N, 3] → colours [N, 3]) is baked into a UV texture of
+    `cfg.mesh.texture_size` texels; without it (or with size 0) mesh.glb carries vertex colours. Returns what
+    mesh.json records of the textured export."""
     import open3d as o3d
     import trimesh
 
     with atomic_path(out_dir / "mesh.ply") as tmp:
         if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_ascii=False):
             raise OSError(f"open3d could not write {tmp}")
-    v = np.asarray(mesh.vertices)
-    y_up = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
-    colours = (np.asarray(mesh.vertex_colors) * 255).round().astype(np.uint8)
-    tm = trimesh.Trimesh(y_up, np.asarray(mesh.triangles), vertex_colors=colours, process=False)
+    if albedo is None or cfg is None or not cfg.mesh.texture_size:
+        colours = (np.asarray(mesh.vertex_colors) * 255).round().astype(np.uint8)
+        tm = trimesh.Trimesh(
+            y_up(np.asarray(mesh.vertices)), np.asarray(mesh.triangles), vertex_colors=colours, process=False
+        )
+        with atomic_path(out_dir / "mesh.glb") as tmp:
+            tmp.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(tm)))
+        return {"textured": False}
+    tm, info = textured_mesh(mesh, albedo, cfg)
     with atomic_path(out_dir / "mesh.glb") as tmp:
         tmp.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(tm)))
+    obj, files = trimesh.exchange.obj.export_obj(tm, return_texture=True, mtl_name="mesh.mtl")
+    image = files.pop(next(n for n in files if n.endswith(".png")))
+    mtl = files.pop("mesh.mtl").decode()
+    mtl = "\n".join("map_Kd texture.png" if ln.startswith("map_Kd") else ln for ln in mtl.splitlines()) + "\n"
+    for name, data in (("texture.png", image), ("mesh.mtl", mtl.encode()), ("mesh.obj", obj.encode())):
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes(data)
+    return info
+
+
+def textured_mesh(mesh, albedo, cfg: Config):
+    """The export's trimesh (Y-up) with xatlas UVs and the baked albedo texture, and its record."""
+    import trimesh
+    from PIL import Image
+
+    from pipeline import texture
+
+    m = cfg.mesh
+    if m.texture_triangles and len(mesh.triangles) > m.texture_triangles:
+        mesh = mesh.simplify_quadric_decimation(m.texture_triangles)
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    vmap, faces_uv, uvs = texture.unwrap(vertices, faces)
+    points = vertices[vmap]
+    image = texture.bake(albedo, points, faces_uv, uvs, m.texture_size, m.texture_padding)
+    png = Image.fromarray((image * 255).round().astype(np.uint8))
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=png, metallicFactor=0.0, roughnessFactor=1.0)
+    visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
+    tm = trimesh.Trimesh(y_up(points), faces_uv, visual=visual, process=False)
+    return tm, {"textured": True, "texture_size": m.texture_size, "textured_triangles": len(faces_uv)}
+
+
+def _albedo(field: Field, device: torch.device, chunk: int = 262_144):
+    """points [N, 3] (numpy, the field's frame) → the field's albedo there [N, 3]."""
+
+    def read(points: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(points), chunk):
+                p = torch.as_tensor(points[i : i + chunk], dtype=torch.float32, device=device)
+                out.append(field.density_albedo(p)[1].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+
+    return read
 
 
 def run(model_path: str | Path, out_dir: str | Path, device: torch.device | None = None) -> dict[str, Any]:
@@ -151,9 +216,11 @@ def run(model_path: str | Path, out_dir: str | Path, device: torch.device | None
         mesh = clean(mesh, m.min_component_fraction, m.target_triangles, m.smooth_iterations)
         if len(mesh.triangles) == 0:
             raise EmptyField("every component was removed by clean-up")
-        export(mesh, out_dir)
-        info.update(status="ok", components_before_cleanup=raw_components, **stats(mesh))
+        textured = export(mesh, out_dir, _albedo(model.field, device), cfg)
+        info.update(status="ok", components_before_cleanup=raw_components, **stats(mesh), **textured)
     except EmptyField as exc:
+        for name in TEXTURED:
+            (out_dir / name).unlink(missing_ok=True)
         atomic_write_text(out_dir / "mesh.ply", EMPTY_PLY)
         import trimesh
 

@@ -58,6 +58,21 @@ METRICS: tuple[Metric, ...] = (
         valid=(-1.0, 1.0),
     ),
     Metric("iou_scaled", "3D IoU at the best isotropic scale of the truth", True, "IoU at best scale", matters=0.05),
+    Metric(
+        "mesh_silhouette_iou",
+        "silhouette IoU of the exported mesh against the field's renders",
+        True,
+        "mesh silhouette vs field",
+        matters=0.02,
+    ),
+    Metric(
+        "mesh_colour_psnr",
+        "colour PSNR (dB) of the exported mesh against the field's albedo renders",
+        True,
+        "mesh colour PSNR vs field (dB)",
+        matters=1.0,
+        valid=(0.0, 100.0),
+    ),
     Metric("color", "colour R-precision (%)", True, source="rprecision", percent=True, matters=0.05),
     Metric("shape", "shape hit (%)", True, source="rprecision", percent=True, matters=0.05),
 )

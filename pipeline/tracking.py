@@ -52,7 +52,18 @@ from pipeline.metrics import GEOMETRY
 from pipeline.prompts import read_prompts_json
 
 PARENT = "variant"
-OBJECT_ARTIFACTS = ("turntable.mp4", "turntable.gif", "sheet.png", "mesh.glb", "mesh.ply", "mesh.json", "views.json")
+OBJECT_ARTIFACTS = (
+    "turntable.mp4",
+    "turntable.gif",
+    "sheet.png",
+    "mesh.glb",
+    "mesh.ply",
+    "mesh.obj",
+    "mesh.mtl",
+    "texture.png",
+    "mesh.json",
+    "views.json",
+)
 PARAM_KEYS = ("seed", "guidance_scale", "cfg_convention", "device", "steps", "resumed_from", "config_digest")
 """metrics.json entries that are per-object constants: logged as params, never as metrics."""
 
@@ -193,6 +204,11 @@ def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
         log_metrics(
             client, run_id, [Metric(f"geometry.{k}", float(g[k]), ts, 0) for k in GEOMETRY if _number(g.get(k))]
         )
+    views = folder / "views.json"
+    if views.exists():  # the exported mesh against the field (every benchmark, not only the world)
+        v = json.loads(views.read_text())
+        agreement = ("mesh_silhouette_iou", "mesh_colour_psnr", "vertex_colour_psnr")
+        log_metrics(client, run_id, [Metric(f"views.{k}", float(v[k]), ts, 0) for k in agreement if _number(v.get(k))])
     client.log_artifact(run_id, str(folder / "metrics.json"))
     if (folder / "previews").is_dir():
         client.log_artifacts(run_id, str(folder / "previews"), "previews")

@@ -72,19 +72,47 @@ def render_views(
     }
 
 
-def mesh_silhouettes(mesh_path: Path, cams: Cameras, resolution: int) -> np.ndarray | None:
-    """Boolean hit masks [N, H, W] of the mesh ray-cast from `cams` (None if the mesh is empty)."""
+def mesh_colours(path: Path, cams: Cameras, resolution: int, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exported mesh (mesh.glb: Y-up, a UV texture or vertex colours; mesh.ply: Z-up, vertex colours) ray-cast
+    from `cams`, unlit, over `background`: colours [N, H, W, 3] in [0, 1] and hit masks [N, H, W]. What a viewer
+    shows of the mesh's colour, to compare with the field's albedo renders."""
     import open3d as o3d
+    import trimesh
 
-    mesh = o3d.io.read_triangle_mesh(str(mesh_path))
-    if len(mesh.triangles) == 0:
-        return None
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
+    from pipeline import texture
+    from pipeline.mesh import z_up
+
+    tm = trimesh.load(path, force="mesh", process=False)
+    vertices = z_up(np.asarray(tm.vertices)) if path.suffix == ".glb" else np.asarray(tm.vertices)
+    faces = np.asarray(tm.faces)
+    n = len(cams)
     origins, dirs = rays(cams, resolution)
-    r = torch.cat([origins, dirs], -1).numpy().astype(np.float32)
-    hits = scene.cast_rays(o3d.core.Tensor(r))
-    return np.isfinite(hits["t_hit"].numpy())
+    colours = np.broadcast_to(background, (n, resolution, resolution, 3)).copy()
+    if len(faces) == 0:
+        return colours, np.zeros((n, resolution, resolution), dtype=bool)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
+    hits = scene.cast_rays(o3d.core.Tensor(torch.cat([origins, dirs], -1).numpy().astype(np.float32)))
+    hit = np.isfinite(hits["t_hit"].numpy())
+    tri = faces[hits["primitive_ids"].numpy()[hit].astype(np.int64)]
+    u, v = hits["primitive_uvs"].numpy()[hit].T
+    bary = np.stack([1 - u - v, u, v], 1)[..., None]
+    uv = getattr(tm.visual, "uv", None)
+    if uv is not None and getattr(tm.visual.material, "baseColorTexture", None) is not None:
+        image = np.asarray(tm.visual.material.baseColorTexture.convert("RGB"), dtype=np.float64) / 255
+        colours[hit] = texture.sample(image, (np.asarray(uv)[tri] * bary).sum(1))
+    else:
+        vc = np.asarray(tm.visual.vertex_colors, dtype=np.float64)[:, :3] / 255
+        colours[hit] = (vc[tri] * bary).sum(1)
+    return colours, hit
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
+    """PSNR (dB, peak 1) of two colour images over the pixels in `mask` (None if the mask is empty)."""
+    if not mask.any():
+        return None
+    mse = float(((a[mask] - b[mask]) ** 2).mean())
+    return 99.0 if mse <= 1e-10 else float(10 * np.log10(1.0 / mse))
 
 
 def silhouette_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -127,8 +155,48 @@ def _png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda p: iio.imwrite(p, array, extension=".png"))
 
 
+def agreement(model: Model, cfg: Config, cams: Cameras, mesh_path: Path, glb_path: Path | None) -> dict[str, Any]:
+    """How far the exported mesh is from the field's renders, from the evaluation cameras: the silhouette IoU
+    (opacity > 0.5 against the mesh's hits), and the colour PSNR of the unlit exported mesh (mesh.glb, the baked
+    texture) and of the vertex-coloured mesh.ply against the field's albedo renders, where both show the object (the
+    silhouette IoU measures the rest)."""
+    v = cfg.views
+    n = len(cams)
+    albedo = render_chunked(
+        model.field,
+        cams,
+        v.resolution,
+        v.samples,
+        Shading.albedo(n),
+        model.background,
+        2,
+        normal_eps=cfg.render.normal_eps,
+    )
+    field_rgb = albedo.rgb.permute(0, 2, 3, 1).cpu().numpy()
+    field_mask = albedo.opacity[:, 0].cpu().numpy() > 0.5
+    background = np.asarray(cfg.render.background_color, dtype=np.float64)
+    out: dict[str, Any] = {}
+    cams_cpu = cams.to(torch.device("cpu"))
+    for key, path in (("vertex_colour_psnr", mesh_path), ("mesh_colour_psnr", glb_path)):
+        if path is None:
+            continue
+        colours, hit = mesh_colours(Path(path), cams_cpu, v.resolution, background)
+        out[key] = psnr(colours, field_rgb, hit & field_mask)
+        if key == "vertex_colour_psnr":
+            out["mesh_silhouette_iou"] = (
+                None
+                if not hit.any()
+                else float(np.mean([silhouette_iou(a, b) for a, b in zip(hit, field_mask, strict=True)]))
+            )
+    return out
+
+
 def run(
-    model_path: str | Path, mesh_path: str | Path | None, out_dir: str | Path, device: torch.device | None = None
+    model_path: str | Path,
+    mesh_path: str | Path | None,
+    out_dir: str | Path,
+    device: torch.device | None = None,
+    glb_path: str | Path | None = None,
 ) -> dict[str, Any]:
     import imageio.v2 as imageio
 
@@ -158,13 +226,7 @@ def run(
         "modes": list(MODES),
     }
     if mesh_path is not None:
-        masks = mesh_silhouettes(Path(mesh_path), cams.to(torch.device("cpu")), v.resolution)
-        field_masks = views["opacity"][:, 0].numpy() > 0.5
-        info["mesh_silhouette_iou"] = (
-            None
-            if masks is None
-            else float(np.mean([silhouette_iou(a, b) for a, b in zip(masks, field_masks, strict=True)]))
-        )
+        info |= agreement(model, cfg, cams, Path(mesh_path), Path(glb_path) if glb_path else None)
 
     turn = orbit_cameras(cfg.camera, eval_azimuths(v.turntable_frames)).to(device)
     frames = render_chunked(
@@ -190,11 +252,12 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--mesh", default=None)
+    ap.add_argument("--mesh", default=None, help="mesh.ply: silhouette and vertex-colour agreement with the field")
+    ap.add_argument("--glb", default=None, help="mesh.glb: colour agreement of the exported (textured) mesh")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     try:
-        info = run(args.model, args.mesh, args.out_dir)
+        info = run(args.model, args.mesh, args.out_dir, glb_path=args.glb)
     except ModelFileError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps(info))

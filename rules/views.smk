@@ -1,5 +1,6 @@
 rule mesh:
-    """Marching cubes + open3d clean-up → mesh.ply / mesh.glb / mesh.json (an empty field is recorded, not fatal)."""
+    """Marching cubes + open3d clean-up → mesh.ply (vertex colours), mesh.glb and mesh.obj/.mtl + texture.png (UV
+    texture baked from the field's albedo), mesh.json (an empty field is recorded, not fatal)."""
     input:
         model=f"{OBJ}/model.safetensors",
         code=code("pipeline.mesh"),
@@ -18,10 +19,12 @@ rule mesh:
 
 
 rule views:
-    """Evaluation views, mesh silhouette check, turntable (mp4, gif) and contact sheet."""
+    """Evaluation views, the exported mesh's agreement with the field (silhouette, colour), turntable (mp4, gif) and
+    contact sheet."""
     input:
         model=f"{OBJ}/model.safetensors",
         mesh=f"{OBJ}/mesh.ply",
+        glb=f"{OBJ}/mesh.glb",
         code=code("pipeline.views"),
     output:
         npz=f"{OBJ}/views.npz",
@@ -36,7 +39,8 @@ rule views:
     conda:
         "../envs/dreamfusion.yaml"
     shell:
-        stage("pipeline.views") + " --model {input.model:q} --mesh {input.mesh:q} --out-dir {params.out:q} > {log:q} 2>&1"
+        stage("pipeline.views") + " --model {input.model:q} --mesh {input.mesh:q} --glb {input.glb:q}"
+        " --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule geometry:
@@ -45,6 +49,7 @@ rule geometry:
         model=f"{OBJ}/model.safetensors",
         mesh=f"{OBJ}/mesh.ply",
         views=f"{OBJ}/views.npz",
+        agreement=f"{OBJ}/views.json",
         code=code("pipeline.geometry"),
     output:
         f"{OBJ}/geometry.json",

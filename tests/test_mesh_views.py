@@ -10,7 +10,7 @@ from pipeline.config import from_dict
 from pipeline.mesh import clean, export, extract, stats
 from pipeline.mesh import run as mesh_run
 from pipeline.nerf.model import Model, save_model
-from pipeline.views import mesh_silhouettes, silhouette_iou
+from pipeline.views import mesh_colours, silhouette_iou
 from pipeline.views import run as views_run
 from tests.test_nerf import Ball
 
@@ -48,7 +48,7 @@ def test_mesh_silhouette_matches_analytic_disc(tmp_path):
     mesh = clean(extract(Ball(softness=0.02), 96, 5000.0, torch.device("cpu")), 0.05)
     export(mesh, tmp_path)
     cams = orbit_cameras(CameraConfig(distance=[3.0, 3.0], focal=[1.0, 1.0]), [0.0, 90.0], elevation=0.0)
-    masks = mesh_silhouettes(tmp_path / "mesh.ply", cams, 65)
+    _, masks = mesh_colours(tmp_path / "mesh.ply", cams, 65, np.ones(3))
     expected = math.pi * (math.tan(math.asin(0.5 / 3.0)) * 65) ** 2
     for m in masks:
         assert abs(m.sum() - expected) / expected < 0.05
