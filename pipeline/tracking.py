@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,8 +51,15 @@ from pipeline.live_logging import (
 )
 from pipeline.metrics import GEOMETRY
 from pipeline.prompts import read_prompts_json
+from pipeline.records import RecordError, read_geometry, read_json, read_rprecision
 
 PARENT = "variant"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store could not be written; the results on disk are untouched."""
+
+
 OBJECT_ARTIFACTS = (
     "turntable.mp4",
     "turntable.gif",
@@ -183,10 +191,10 @@ def _object_run(client, exp_id: str, parent: str, cfg: Config, variant: str, fol
 def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
     from mlflow.entities import Metric
 
-    record = json.loads((folder / "metrics.json").read_text())
+    record = read_json(folder / "metrics.json")
     ts = int(time.time() * 1000)
     if not live and (folder / "log.jsonl").exists():
-        steps = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
+        steps = _log_lines(folder / "log.jsonl")
         history = [
             Metric(k, float(v), int(s["time"] * 1000) if _number(s.get("time")) else ts, s["step"])
             for s in steps
@@ -200,7 +208,7 @@ def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
     log_metrics(client, run_id, final)
     geometry = folder / "geometry.json"
     if geometry.exists():
-        g = json.loads(geometry.read_text())
+        g = read_geometry(geometry)
         log_metrics(
             client, run_id, [Metric(f"geometry.{k}", float(g[k]), ts, 0) for k in GEOMETRY if _number(g.get(k))]
         )
@@ -215,6 +223,20 @@ def _log_object(client, run_id: str, folder: Path, live: bool) -> None:
     for name in OBJECT_ARTIFACTS:
         if (folder / name).exists():
             client.log_artifact(run_id, str(folder / name), "object")
+
+
+def _log_lines(path: Path) -> list[dict[str, Any]]:
+    """log.jsonl's step records; a torn line (a job killed mid-write) is skipped with a warning, not a traceback."""
+    steps = []
+    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = None
+            warnings.warn(f"{path}:{i}: not a JSON line; skipped", stacklevel=2)
+        if isinstance(record, dict) and "step" in record:
+            steps.append(record)
+    return steps
 
 
 def _float(v: str) -> float | None:
@@ -282,7 +304,7 @@ def log_variant(client, cfg: Config, variant_dir: Path, texts: dict[str, str]) -
         runs[key] = run_id
     rp = variant_dir / "rprecision.json"
     if rp.exists():
-        _log_evaluation(client, parent, runs, json.loads(rp.read_text()))
+        _log_evaluation(client, parent, runs, read_rprecision(rp))
     client.set_terminated(parent, "FINISHED", end_time=max(ends, default=None))
     return {"parent": parent, "objects": {f"{p}/seed{s}": r for (p, s), r in runs.items()}}
 
@@ -295,13 +317,23 @@ def log_benchmark(variant_dirs: list[Path], prompts: Path, out: Path) -> dict[st
     enabled = [d for d, c in cfgs.items() if c.tracking.enabled]
     if enabled:
         cfg0 = cfgs[enabled[0]]
-        with _locked(tracking_uri(cfg0)):
-            client, uri = client_for(cfg0)
-            record["uri"] = redact_uri(uri)
-            record["experiment"] = cfg0.prompts.benchmark
-            record["experiment_id"] = experiment_id(client, cfg0.prompts.benchmark)
-            for d in enabled:
-                record["variants"][d.name] = log_variant(client, cfgs[d], d, texts)
+        uri = tracking_uri(cfg0)
+        try:
+            with _locked(uri):
+                client, uri = client_for(cfg0)
+                record["uri"] = redact_uri(uri)
+                record["experiment"] = cfg0.prompts.benchmark
+                record["experiment_id"] = experiment_id(client, cfg0.prompts.benchmark)
+                for d in enabled:
+                    record["variants"][d.name] = log_variant(client, cfgs[d], d, texts)
+        except RecordError:
+            raise
+        except Exception as exc:  # the store refused (not a database, read-only, unreachable): one line
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise TrackingError(
+                f"MLflow tracking to {redact_uri(uri)} failed ({type(exc).__name__}: {first}); the results are "
+                "untouched: fix the store (tracking.uri) and re-run, and only `track` runs again"
+            ) from None
     atomic_write_json(out, record)
     return record
 
@@ -312,7 +344,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", required=True, help="prompts.json")
     ap.add_argument("--out", required=True, help="JSON record of the run ids written")
     args = ap.parse_args(argv)
-    record = log_benchmark([Path(v) for v in args.variants], Path(args.prompts), Path(args.out))
+    try:
+        record = log_benchmark([Path(v) for v in args.variants], Path(args.prompts), Path(args.out))
+    except RecordError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except TrackingError as exc:
+        raise SystemExit(f"error: {exc}") from None
     n = sum(len(v["objects"]) for v in record["variants"].values())
     print(f"logged {len(record['variants'])} variants, {n} objects to {record.get('uri', '(tracking disabled)')}")
 

@@ -189,3 +189,29 @@ def test_credentials_never_reach_an_output(tmp_path):
     assert live_logging.redact_uri("http://alice:secret@host:5000/x?y=1") == "http://host:5000/x?y=1"
     assert live_logging.redact_uri("https://token@host/") == "https://host/"
     assert live_logging.redact_uri("sqlite:///tmp/mlflow.db") == "sqlite:///tmp/mlflow.db"
+
+
+def test_a_broken_store_or_record_fails_track_with_one_line(tmp_path, monkeypatch):
+    """A file that is not a database where the store should be, or a corrupt metrics.json: `track` stops with one
+    located line (no traceback chain); a torn last log line is skipped with a warning."""
+    monkeypatch.chdir(tmp_path)
+    vdir = _fake_results(tmp_path)
+    (tmp_path / "mlflow.db").write_bytes(b"this is not a database" * 100)
+    args = ["--variants", str(vdir), "--prompts", str(tmp_path / "results/primitives/prompts.json")]
+    args += ["--out", str(tmp_path / "mlflow.json")]
+    with pytest.raises(SystemExit, match=r"error: MLflow tracking to sqlite:///.*mlflow.db failed \(.*only `track`"):
+        tracking.main(args)
+
+
+def test_a_torn_log_line_is_skipped_and_a_corrupt_record_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    vdir = _fake_results(tmp_path)
+    args = ["--variants", str(vdir), "--prompts", str(tmp_path / "results/primitives/prompts.json")]
+    args += ["--out", str(tmp_path / "mlflow.json")]
+    with open(vdir / "p0/seed0/log.jsonl", "a") as fh:
+        fh.write('{"step": 3, "lo')
+    with pytest.warns(UserWarning, match="log.jsonl:4: not a JSON line; skipped"):
+        tracking.main(args)
+    (vdir / "p1/seed0/metrics.json").write_text('{"seed": 0, "final_')
+    with pytest.raises(SystemExit, match=r"error: .*p1/seed0/metrics.json: not a readable record"):
+        tracking.main(args)
