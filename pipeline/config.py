@@ -325,6 +325,10 @@ class MeshConfig:
     texture_size: int = field(default=512, metadata=_range(0, 4096))
     """Side of the baked albedo texture of mesh.glb / mesh.obj (xatlas UVs, the field's albedo read at every texel;
     pipeline/texture.py). 0 = no texture: mesh.glb carries vertex colours, and no OBJ is written."""
+    texture_bake_depth: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    """What a texel holds: the field's albedo composited along the surface normal over ±this distance, as the renders
+    composite a soft shell (the default's textured cube agrees with the field's renders at 17.1 dB PSNR this way,
+    14.1 dB with the albedo at the iso-surface point); 0 = the albedo at the point."""
     texture_padding: int = field(default=4, metadata=_range(0, 64))
     """Texels the UV charts are grown by (seam padding against bleeding under filtering)."""
     texture_triangles: int = field(default=10_000, metadata=_range(0, 10_000_000))

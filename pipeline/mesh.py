@@ -132,10 +132,11 @@ TEXTURED = ("mesh.obj", "mesh.mtl", "texture.png")
 """The OBJ export with its material and texture image (written when mesh.texture_size > 0)."""
 
 
-def export(mesh, out_dir: Path, albedo=None, cfg=None) -> dict[str, Any]:
+def export(mesh, out_dir: Path, colour=None, cfg=None) -> dict[str, Any]:
     """mesh.ply (Z-up, vertex colours, the full extraction); mesh.glb (Y-up) and, with a texture, mesh.obj +
-    mesh.mtl + texture.png, atomically. `albedo` (points [N, 3] → colours [N, 3]) is baked into a UV texture of
-    `cfg.mesh.texture_size` texels; without it (or with size 0) mesh.glb carries vertex colours. Returns what
+    mesh.mtl + texture.png, atomically. `colour` (points, normals → colours, see :func:`surface_colour`) is baked
+    into a UV texture of `cfg.mesh.texture_size` texels; without it (or with size 0) mesh.glb carries vertex
+    colours. Returns what
     mesh.json records of the textured export."""
     import open3d as o3d
     import trimesh
@@ -143,7 +144,7 @@ def export(mesh, out_dir: Path, albedo=None, cfg=None) -> dict[str, Any]:
     with atomic_path(out_dir / "mesh.ply") as tmp:
         if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_ascii=False):
             raise OSError(f"open3d could not write {tmp}")
-    if albedo is None or cfg is None or not cfg.mesh.texture_size:
+    if colour is None or cfg is None or not cfg.mesh.texture_size:
         colours = (np.asarray(mesh.vertex_colors) * 255).round().astype(np.uint8)
         tm = trimesh.Trimesh(
             y_up(np.asarray(mesh.vertices)), np.asarray(mesh.triangles), vertex_colors=colours, process=False
@@ -151,7 +152,7 @@ def export(mesh, out_dir: Path, albedo=None, cfg=None) -> dict[str, Any]:
         with atomic_path(out_dir / "mesh.glb") as tmp:
             tmp.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(tm)))
         return {"textured": False}
-    tm, info = textured_mesh(mesh, albedo, cfg)
+    tm, info = textured_mesh(mesh, colour, cfg)
     with atomic_path(out_dir / "mesh.glb") as tmp:
         tmp.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(tm)))
     obj, files = trimesh.exchange.obj.export_obj(tm, return_texture=True, mtl_name="mesh.mtl")
@@ -164,7 +165,7 @@ def export(mesh, out_dir: Path, albedo=None, cfg=None) -> dict[str, Any]:
     return info
 
 
-def textured_mesh(mesh, albedo, cfg: Config):
+def textured_mesh(mesh, colour, cfg: Config):
     """The export's trimesh (Y-up) with xatlas UVs and the baked albedo texture, and its record."""
     import trimesh
     from PIL import Image
@@ -177,7 +178,7 @@ def textured_mesh(mesh, albedo, cfg: Config):
     vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
     vmap, faces_uv, uvs = texture.unwrap(vertices, faces)
     points = vertices[vmap]
-    image = texture.bake(albedo, points, faces_uv, uvs, m.texture_size, m.texture_padding)
+    image = texture.bake(colour, points, faces_uv, uvs, m.texture_size, m.texture_padding)
     png = Image.fromarray((image * 255).round().astype(np.uint8))
     material = trimesh.visual.material.PBRMaterial(baseColorTexture=png, metallicFactor=0.0, roughnessFactor=1.0)
     visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
@@ -185,16 +186,35 @@ def textured_mesh(mesh, albedo, cfg: Config):
     return tm, {"textured": True, "texture_size": m.texture_size, "textured_triangles": len(faces_uv)}
 
 
-def _albedo(field: Field, device: torch.device, chunk: int = 262_144):
-    """points [N, 3] (numpy, the field's frame) → the field's albedo there [N, 3]."""
+def surface_colour(field: Field, device: torch.device, depth: float = 0.0, samples: int = 24, chunk: int = 65_536):
+    """(points [N, 3], normals [N, 3]) → colours [N, 3]: the field's albedo at the point (depth 0), or the colour
+    the field shows looking at the point along its normal, its albedo alpha-composited over ±`depth` (what the
+    renders show of a soft shell; the normal's sign is taken from the density, outward where it is lower)."""
 
-    def read(points: np.ndarray) -> np.ndarray:
-        out = []
+    def query(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sig, alb = [], []
         with torch.no_grad():
-            for i in range(0, len(points), chunk):
-                p = torch.as_tensor(points[i : i + chunk], dtype=torch.float32, device=device)
-                out.append(field.density_albedo(p)[1].float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+            for i in range(0, len(x), chunk):
+                s_, a_ = field.density_albedo(torch.as_tensor(x[i : i + chunk], dtype=torch.float32, device=device))
+                sig.append(s_.float().cpu().numpy())
+                alb.append(a_.float().cpu().numpy())
+        return np.concatenate(sig), np.concatenate(alb)
+
+    def read(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        if len(points) == 0:
+            return np.zeros((0, 3), np.float32)
+        if depth <= 0:
+            return query(points)[1]
+        s = np.linspace(depth, -depth, samples)
+        x = points[:, None, :] + normals[:, None, :] * s[None, :, None]
+        sig, alb = query(x.reshape(-1, 3))
+        sig, alb = sig.reshape(len(points), samples), alb.reshape(len(points), samples, 3)
+        inward = sig[:, : samples // 2].mean(1) > sig[:, samples // 2 :].mean(1)  # the normal points inwards
+        sig[inward], alb[inward] = sig[inward, ::-1], alb[inward, ::-1]
+        alpha = 1 - np.exp(-sig * (2 * depth / (samples - 1)))
+        trans = np.cumprod(np.concatenate([np.ones((len(points), 1)), 1 - alpha[:, :-1]], 1), 1)
+        w = trans * alpha
+        return (w[..., None] * alb).sum(1) / np.maximum(w.sum(1, keepdims=True), 1e-8)
 
     return read
 
@@ -216,7 +236,7 @@ def run(model_path: str | Path, out_dir: str | Path, device: torch.device | None
         mesh = clean(mesh, m.min_component_fraction, m.target_triangles, m.smooth_iterations)
         if len(mesh.triangles) == 0:
             raise EmptyField("every component was removed by clean-up")
-        textured = export(mesh, out_dir, _albedo(model.field, device), cfg)
+        textured = export(mesh, out_dir, surface_colour(model.field, device, m.texture_bake_depth), cfg)
         info.update(status="ok", components_before_cleanup=raw_components, **stats(mesh), **textured)
     except EmptyField as exc:
         for name in TEXTURED:

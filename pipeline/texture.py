@@ -7,8 +7,9 @@ field's renders rather than a blur of them.
 - **Unwrap**: `xatlas.parametrize` cuts the mesh into charts and packs them into [0, 1]²; vertices on chart seams
   are split (the mesh gains vertices, keeps its triangles and its surface).
 - **Bake**: every texel centre covered by a triangle in UV space maps through its barycentric coordinates to a
-  point on the surface, where the field's albedo is read (`Field.density_albedo`): the texture is the field's own
-  colour, not an interpolation of vertex colours.
+  point on the surface and its triangle's normal, where the colour is read from the field (the mesh stage composites
+  the field along the normal, as its renders do): the texture is the field's own colour, not an interpolation of
+  vertex colours.
 - **Seam padding**: texels just outside the charts take the mean of their covered neighbours, `padding` rings deep,
   so bilinear filtering and mipmaps at a chart's edge do not bleed the background in.
 
@@ -78,8 +79,15 @@ def pad_seams(image: np.ndarray, covered: np.ndarray, rings: int) -> np.ndarray:
     return image
 
 
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit normals [F, 3] of the triangles (by their winding)."""
+    tri = vertices[faces]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
 def bake(
-    albedo: Callable[[np.ndarray], np.ndarray],
+    colour: Callable[[np.ndarray, np.ndarray], np.ndarray],
     vertices: np.ndarray,
     faces: np.ndarray,
     uvs: np.ndarray,
@@ -87,15 +95,16 @@ def bake(
     padding: int,
     background: tuple[float, float, float] = (0.5, 0.5, 0.5),
 ) -> np.ndarray:
-    """The texture [size, size, 3] in [0, 1]: `albedo` (points [N, 3] → colours [N, 3]) read on the surface at every
-    covered texel, seams padded `padding` texels, the rest `background`. Row 0 is v = 1 (image convention)."""
+    """The texture [size, size, 3] in [0, 1]: `colour` (surface points [N, 3] and their normals [N, 3] → colours
+    [N, 3]) read at every covered texel, seams padded `padding` texels, the rest `background`. Row 0 is v = 1."""
     rows_up, cols, face, bary = rasterise(uvs, faces, size)
     points = (vertices[faces[face]] * bary[..., None]).sum(1)
+    normals = face_normals(vertices, faces)[face]
     image = np.empty((size, size, 3), dtype=np.float64)
     image[:] = background
     covered = np.zeros((size, size), dtype=bool)
     rows = size - 1 - rows_up
-    image[rows, cols] = np.clip(albedo(points), 0.0, 1.0)
+    image[rows, cols] = np.clip(colour(points, normals), 0.0, 1.0)
     covered[rows, cols] = True
     return pad_seams(image, covered, padding)
 
