@@ -640,6 +640,24 @@ def _did_you_mean(key: str, choices: Any, prefix: str = "") -> str:
     return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
+def _check_bounds(cfg: Config, src: str) -> None:
+    """Sizes in lists, which a field's range cannot bound, and values that must never be written into a result."""
+    if len(cfg.seeds) > 100 or not all(0 <= k < 2**31 for k in cfg.seeds):
+        raise ConfigError(f"{src}: seeds must be at most 100 integers in [0, 2^31), got {cfg.seeds!r}")
+    if cfg.nerf.kind == "pyramid" and not all(4 <= n <= 512 for n in cfg.nerf.levels):
+        raise ConfigError(
+            f"{src}: nerf.levels must each lie in [4, 512] (a 512³ level is 0.5 GB a channel), got {cfg.nerf.levels!r}"
+        )
+    for key, pair in [("camera.distance", cfg.camera.distance), ("camera.focal", cfg.camera.focal)]:
+        if pair[0] <= 0:
+            raise ConfigError(f"{src}: {key} must be positive (a camera in front of the object), got {pair!r}")
+    if "@" in cfg.tracking.uri.split("://", 1)[-1].split("/", 1)[0]:
+        raise ConfigError(
+            f"{src}: tracking.uri must not carry a user or password (it would be written into every result); give "
+            "them to MLflow as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead"
+        )
+
+
 def _check_semantics(cfg: Config, src: str) -> None:
     """Cross-field rules that a type alone cannot express."""
     for key, pair in [
@@ -650,19 +668,7 @@ def _check_semantics(cfg: Config, src: str) -> None:
     ]:
         if len(pair) != 2 or pair[0] > pair[1]:
             raise ConfigError(f"{src}: {key} must be [low, high] with low <= high, got {pair!r}")
-    if len(cfg.seeds) > 100 or not all(0 <= k < 2**31 for k in cfg.seeds):
-        raise ConfigError(f"{src}: seeds must be at most 100 integers in [0, 2^31), got {cfg.seeds!r}")
-    if cfg.nerf.kind == "pyramid" and not all(4 <= n <= 512 for n in cfg.nerf.levels):
-        raise ConfigError(f"{src}: nerf.levels must each lie in [4, 512] (a 512³ level is 0.5 GB a channel), got "
-                          f"{cfg.nerf.levels!r}")
-    for key, pair in [("camera.distance", cfg.camera.distance), ("camera.focal", cfg.camera.focal)]:
-        if pair[0] <= 0:
-            raise ConfigError(f"{src}: {key} must be positive (a camera in front of the object), got {pair!r}")
-    if "@" in cfg.tracking.uri.split("://", 1)[-1].split("/", 1)[0]:
-        raise ConfigError(
-            f"{src}: tracking.uri must not carry a user or password (it would be written into every result); give "
-            "them to MLflow as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead"
-        )
+    _check_bounds(cfg, src)
     s = cfg.schedule
     for key, v in [("schedule.t_min", s.t_min), ("schedule.t_max", s.t_max)]:
         values = [v] if isinstance(v, float) else v[1:3]
