@@ -642,8 +642,8 @@ def _did_you_mean(key: str, choices: Any, prefix: str = "") -> str:
 
 def _check_bounds(cfg: Config, src: str) -> None:
     """Sizes in lists, which a field's range cannot bound, and values that must never be written into a result."""
-    if len(cfg.seeds) > 100 or not all(0 <= k < 2**31 for k in cfg.seeds):
-        raise ConfigError(f"{src}: seeds must be at most 100 integers in [0, 2^31), got {cfg.seeds!r}")
+    if len(cfg.seeds) > 100 or any(k >= 2**31 for k in cfg.seeds):
+        raise ConfigError(f"{src}: seeds must be at most 100 integers below 2^31, got {cfg.seeds!r}")
     if cfg.nerf.kind == "pyramid" and not all(4 <= n <= 512 for n in cfg.nerf.levels):
         raise ConfigError(
             f"{src}: nerf.levels must each lie in [4, 512] (a 512³ level is 0.5 GB a channel), got {cfg.nerf.levels!r}"

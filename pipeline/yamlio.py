@@ -69,7 +69,7 @@ def loads(text: str, source: str = "<string>") -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise YAMLInputError(f"{source}: not acceptable YAML at {where}: {problem}") from None
+        raise YAMLInputError(f"{source}: not valid YAML at {where}: {problem}") from None
 
 
 def load(path: str | Path) -> Any:
