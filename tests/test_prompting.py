@@ -188,9 +188,10 @@ def test_sd_batches_the_negatives_in_one_unet_call(tmp_path):
     assert calls == [8]  # one U-Net call: 2 views × (cond, uncond, 2 negatives)
     ref_c, ref_u = sd.predict_noise(z_t, t, c.cond, c.uncond)
     ref_n = [sd.predict_noise(z_t, t, c.negatives[:, k], c.uncond)[0] for k in range(2)]
-    # float32 kernels may sum a batch of 8 in another order than a batch of 2 (4e-5 apart on some CPUs)
-    assert torch.allclose(eps_c, ref_c, atol=1e-4) and torch.allclose(eps_u, ref_u, atol=1e-4)
-    assert torch.allclose(eps_neg, torch.stack(ref_n, 1), atol=1e-4)
+    # float32 kernels may sum a batch of 8 in another order than a batch of 2 (up to ~1e-4 apart on some CPUs);
+    # a row given the wrong text would be ~0.1 off
+    assert torch.allclose(eps_c, ref_c, atol=1e-3) and torch.allclose(eps_u, ref_u, atol=1e-3)
+    assert torch.allclose(eps_neg, torch.stack(ref_n, 1), atol=1e-3)
     out = sds_from_x(sd, x.requires_grad_(), c.cond, c.uncond, t, noise, cfg.guidance, 0, c.negatives, c.neg_weights)
     e_pos = eps_c - eps_u
     direction = e_pos + sum(c.neg_weights[:, k].view(-1, 1, 1, 1) * perpendicular(eps_neg[:, k] - eps_u, e_pos)
