@@ -73,6 +73,8 @@ def test_full_tiny_run_with_mlflow(workdir):
             "silhouette_iou",
             "iou_gain",
             "iou_scaled",
+            "mesh_silhouette_iou",
+            "mesh_colour_psnr",
         }
         for o in ev["geometry"]["objects"]:  # the untrained init scored on the same grid and threshold
             assert o["iou_gain"] == o["iou"] - o["init_iou"] and 0 <= o["init_iou"] <= 1 and 0 <= o["init_fog"] <= 1
@@ -95,7 +97,8 @@ def test_full_tiny_run_with_mlflow(workdir):
         assert "rprecision.tiny-clip.color" in c.data.metrics and "geometry.iou" in c.data.metrics
         assert c.data.tags["results_dir"].endswith(f"seed{c.data.tags['seed']}")
         arts = {a.path for a in client.list_artifacts(c.info.run_id, "object")}
-        assert {"object/turntable.mp4", "object/mesh.glb"} <= arts
+        assert {"object/turntable.mp4", "object/mesh.glb", "object/mesh.obj", "object/texture.png"} <= arts
+        assert c.data.metrics["views.mesh_colour_psnr"] > 0 and 0 <= c.data.metrics["views.mesh_silhouette_iou"] <= 1
     for p in parents:
         assert "rprecision.tiny-clip.color" in p.data.metrics
     # each object card of the report links to exactly its MLflow run
@@ -142,7 +145,8 @@ def test_full_tiny_run_with_mlflow(workdir):
     # another study over the same variants (its own report folder) trains nothing: the objects are shared
     dry = run_snakemake(wd, "--configfile", "tiny.yaml", "--config", "study=other", "-n").stdout
     assert _scheduled(dry) == {"findings", "report", "track", "all"}
-    readme = (wd / "README.md").read_text()
+    readme = "# a user's README\n<!-- findings:primitives -->\n<!-- /findings:primitives -->\n"
+    (wd / "README.md").write_text(readme)
     run_snakemake(wd, "publish", "--configfile", "tiny.yaml")  # the target first: --configfile takes a list
     assert (wd / "README.md").read_text() == readme  # publish writes only under docs/findings/
     assert "**[primitives](primitives.md)** — 2 variants" in (wd / "docs/findings/README.md").read_text()
