@@ -36,6 +36,23 @@ def dvc_plot_specs(revisions: list[str], cwd: str | Path = ".") -> dict[str, lis
     return {name: [i for i in items if i.get("type") == "vega"] for name, items in data.items()}
 
 
+def fit_axes(spec: Any) -> Any:
+    """The Vega-Lite spec with its quantitative x and y scales fitted to the data (not from zero) and padded, so a
+    few points spread over the plot instead of sitting on its edges."""
+    if isinstance(spec, dict):
+        enc = spec.get("encoding")
+        if isinstance(enc, dict):
+            for axis in ("x", "y"):
+                if isinstance(enc.get(axis), dict) and enc[axis].get("type") == "quantitative":
+                    enc[axis]["scale"] = {**enc[axis].get("scale", {}), "zero": False, "nice": True, "padding": 24}
+        for value in spec.values():
+            fit_axes(value)
+    elif isinstance(spec, list):
+        for value in spec:
+            fit_axes(value)
+    return spec
+
+
 def render(specs: dict[str, list[dict[str, Any]]], out_dir: Path) -> Path:
     """Write out_dir/<n>.svg per plot and out_dir/index.html showing them inline; return the page."""
     import vl_convert as vlc
@@ -49,7 +66,7 @@ def render(specs: dict[str, list[dict[str, Any]]], out_dir: Path) -> Path:
     n = 0
     for name, items in specs.items():
         for item in items:
-            svg = vlc.vegalite_to_svg(item["content"])
+            svg = vlc.vegalite_to_svg(fit_axes(item["content"]))
             atomic_write_text(out_dir / f"plot{n}.svg", svg)
             revs = ", ".join(item.get("revisions", []))
             parts.append(f"<figure>{svg}<figcaption>{html.escape(name)} ({html.escape(revs)})</figcaption></figure>")

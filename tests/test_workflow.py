@@ -290,8 +290,21 @@ def test_dvc_plots_render_offline(tmp_path):
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "plots/index.html").read_text()
     assert "R-precision (%) vs guidance weight" in page and "geometry vs guidance weight" in page
-    assert page.count("<svg") >= 2 and "<script" not in page and "cdn" not in page.lower()
+    assert page.count("<svg") == 2 and "<script" not in page and "cdn" not in page.lower()  # no stray third plot
     assert "world-clip.color" in page and "iou" in page  # one series per metric, named in the legend
+
+
+def test_dvc_plot_axes_are_fitted_to_the_data():
+    """Quantitative axes start where the data does (not at zero) with room on each side, so two guidance weights
+    do not sit on the plot's edges."""
+    from pipeline.dvc_plots import fit_axes
+
+    spec = {
+        "layer": [{"encoding": {"x": {"field": "guidance_scale", "type": "quantitative"}, "y": {"type": "nominal"}}}]
+    }
+    x = fit_axes(spec)["layer"][0]["encoding"]["x"]
+    assert x["scale"] == {"zero": False, "nice": True, "padding": 24}
+    assert "scale" not in spec["layer"][0]["encoding"]["y"]
 
 
 @pytest.mark.parametrize(
