@@ -121,13 +121,13 @@ class ScheduleConfig:
     """`step` schedule: from this step on, t_max becomes `t_max_after` (ProlificDreamer: 5000)."""
     t_max_after: float = field(default=0.5, metadata=_range(0.0, 1.0))
     """`step` schedule: upper bound after `switch_step`."""
-    dreamtime_m1: float = 800.0
+    dreamtime_m1: float = field(default=800.0, metadata=_range(0.0, 1000.0))
     """DreamTime prior: flat between m2 and m1 (timesteps out of 1000) ..."""
-    dreamtime_m2: float = 500.0
+    dreamtime_m2: float = field(default=500.0, metadata=_range(0.0, 1000.0))
     """... with Gaussian tails of width s1 above m1 and s2 below m2."""
-    dreamtime_s1: float = field(default=300.0, metadata=_range(0.0, lo_open=True))
+    dreamtime_s1: float = field(default=300.0, metadata=_range(1.0, 1000.0))
     """DreamTime: tail width above m1."""
-    dreamtime_s2: float = field(default=100.0, metadata=_range(0.0, lo_open=True))
+    dreamtime_s2: float = field(default=100.0, metadata=_range(1.0, 1000.0))
     """DreamTime: tail width below m2."""
     dreamtime_weight: Literal["sds", "snr-sqrt", "none"] = "sds"
     """DreamTime's diffusion weight term W_d(t): sds = 1 − ᾱ_t, snr-sqrt = √((1 − ᾱ_t)/ᾱ_t), none = 1."""
@@ -651,6 +651,14 @@ def _check_bounds(cfg: Config, src: str) -> None:
     for key, pair in [("camera.distance", cfg.camera.distance), ("camera.focal", cfg.camera.focal)]:
         if pair[0] <= 0:
             raise ConfigError(f"{src}: {key} must be positive (a camera in front of the object), got {pair!r}")
+    colour = cfg.render.background_color
+    if len(colour) != 3 or not all(0.0 <= c <= 1.0 for c in colour):
+        raise ConfigError(f"{src}: render.background_color must be 3 values in [0, 1] (RGB), got {colour!r}")
+    if cfg.schedule.dreamtime_m2 > cfg.schedule.dreamtime_m1:
+        raise ConfigError(
+            f"{src}: schedule.dreamtime_m2 ({cfg.schedule.dreamtime_m2}) must not exceed dreamtime_m1 "
+            f"({cfg.schedule.dreamtime_m1}): the time prior is flat between them"
+        )
     if "@" in cfg.tracking.uri.split("://", 1)[-1].split("/", 1)[0]:
         raise ConfigError(
             f"{src}: tracking.uri must not carry a user or password (it would be written into every result); give "

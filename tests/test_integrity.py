@@ -185,3 +185,22 @@ def test_prompt_files_have_a_size_limit(tmp_path):
     path.write_text("".join(f"a red cube number {i}\n" for i in range(100_000)))
     with pytest.raises(PromptFileError, match=f"{path}: 100,001 lines, .* at most 5,000 lines"):
         read_prompt_file(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"render": {"background_color": [1.0, float("inf"), 0.0]}}, r"render.background_color\[1\] must be a finite number, got inf"),
+        ({"render": {"background_color": [1.0, 2.0, 0.0]}}, r"render.background_color must be 3 values in \[0, 1\]"),
+        ({"schedule": {"dreamtime_m1": 1e6}}, "schedule.dreamtime_m1 must be <= 1000"),
+        ({"schedule": {"dreamtime_s2": 1e-9}}, "schedule.dreamtime_s2 must be >= 1"),
+        ({"schedule": {"dreamtime_m2": 900}}, "dreamtime_m2 .* must not exceed dreamtime_m1"),
+    ],
+)
+def test_values_that_gave_silent_wrong_results_are_refused(override, message):
+    """An infinite background scored white views 0 % while geometry looked fine; DreamTime at its extremes pinned t
+    at one value; colours outside [0, 1]."""
+    from pipeline.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=message):
+        from_dict(override)
