@@ -38,6 +38,7 @@ from tqdm import tqdm
 from pipeline import losses
 from pipeline.checkpoint import (
     CheckpointError,
+    CheckpointMismatch,
     checkpoint_step,
     identity,
     keep_final,
@@ -48,7 +49,7 @@ from pipeline.checkpoint import (
 from pipeline.config import Config
 from pipeline.config import load as load_config
 from pipeline.devices import NoGPU, pick_device
-from pipeline.guidance import Guidance, build_guidance
+from pipeline.guidance import Guidance, GuidanceLoadError, build_guidance
 from pipeline.guidance.prompting import ViewPrompter
 from pipeline.io import atomic_write, atomic_write_json, atomic_write_text, remove_stale_temps
 from pipeline.nerf.cameras import orbit_cameras, sample_cameras
@@ -470,7 +471,10 @@ def main(argv: list[str] | None = None) -> None:
         device = pick_device(cfg)
     except NoGPU as exc:
         raise SystemExit(f"error: {args.params}: {exc}") from None
-    guidance = build_guidance(cfg, device, args.world_bank)
+    try:
+        guidance = build_guidance(cfg, device, args.world_bank)
+    except GuidanceLoadError as exc:
+        raise SystemExit(f"error: {exc}") from None
     from pipeline.live_logging import live_training
 
     try:
@@ -488,6 +492,14 @@ def main(argv: list[str] | None = None) -> None:
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         raise SystemExit(128 + exc.signum) from None
+    except (CheckpointError, CheckpointMismatch, TrainingDiverged) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except OSError as exc:  # a full disk, a read-only folder: the last checkpoint is intact, a re-run resumes there
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise SystemExit(
+            f"error: {where}{exc.strerror or exc}; free space or fix the folder's permissions and run again: training "
+            f"resumes from its last checkpoint in {Path(args.out) / 'checkpoint'}"
+        ) from None
     print(json.dumps({k: metrics[k] for k in ("prompt", "final_loss", "wall_seconds", "steps_per_second")}))
 
 

@@ -190,7 +190,10 @@ def test_prompt_files_have_a_size_limit(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"render": {"background_color": [1.0, float("inf"), 0.0]}}, r"render.background_color\[1\] must be a finite number, got inf"),
+        (
+            {"render": {"background_color": [1.0, float("inf"), 0.0]}},
+            r"render.background_color\[1\] must be a finite number, got inf",
+        ),
         ({"render": {"background_color": [1.0, 2.0, 0.0]}}, r"render.background_color must be 3 values in \[0, 1\]"),
         ({"schedule": {"dreamtime_m1": 1e6}}, "schedule.dreamtime_m1 must be <= 1000"),
         ({"schedule": {"dreamtime_s2": 1e-9}}, "schedule.dreamtime_s2 must be >= 1"),

@@ -375,3 +375,26 @@ def test_temp_files_of_a_killed_writer_are_removed_when_training_starts(tmp_path
     assert not any(os.path.exists(p) for _, p in stale)
     assert (tmp_path / ".write-test-other").exists() and (tmp_path / ".tmpXn8H29x").exists()
     assert remove_stale_temps(tmp_path / "nowhere") == []
+
+
+def test_train_cli_refuses_a_world_bank_of_another_config_in_one_line(tmp_path):
+    """A bank built with other settings (or a corrupt one) is refused by the training job with one located line."""
+    import subprocess
+    import sys
+
+    from pipeline.config import save_resolved
+    from pipeline.world.prior import generate_bank, save_bank
+
+    small = {"world": {"images_per_caption": 2, "resolution": 8}, "render": {"resolution": 8, "samples": 8}}
+    save_bank(generate_bank(from_dict(small)), tmp_path / "bank.safetensors", from_dict(small))
+    other = {**small, "world": {"images_per_caption": 3, "resolution": 8}, "tracking": {"enabled": False}}
+    save_resolved(from_dict(other), tmp_path / "config.yaml")
+    (tmp_path / "prompts.json").write_text('{"prompts": [{"id": "p", "text": "a red cube."}]}')
+    cmd = [sys.executable, "-m", "pipeline.train", "--params", str(tmp_path / "config.yaml"), "--prompts"]
+    cmd += [str(tmp_path / "prompts.json"), "--prompt-id", "p", "--seed", "0", "--out", str(tmp_path / "o")]
+    cmd += ["--world-bank", str(tmp_path / "bank.safetensors")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'bank.safetensors'}: world bank was built with other settings than this config; rebuild it"
+    )
