@@ -9,6 +9,7 @@ its documentation recommends), and an unreachable server fails within seconds, n
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,6 +25,11 @@ from pipeline.provenance import git_sha
 CHILD = "object"
 LIVE_RECORD = "tracking.json"
 """Written by a training job that logged live to a server: {"run_id": ..., "uri": ...}."""
+
+
+def redact_text(text: str) -> str:
+    """Any text (an exception message quoting a URL) with the user:password@ of its URLs removed."""
+    return re.sub(r"(?<=//)[^/@\s]+@", "", text)
 
 
 def redact_uri(uri: str) -> str:
@@ -108,7 +114,7 @@ def live_training(
         run_id = client.create_run(exp_id, run_name=f"{prompt_id}/seed{seed}", tags=tags).info.run_id
         atomic_write_json(out / LIVE_RECORD, {"run_id": run_id, "uri": redact_uri(uri)})
     except Exception as exc:  # tracking must never fail training
-        warnings.warn(f"live MLflow logging to {redact_uri(uri)} disabled: {exc}", stacklevel=2)
+        warnings.warn(f"live MLflow logging to {redact_uri(uri)} disabled: {redact_text(str(exc))}", stacklevel=2)
         yield None
         return
     buffer: list[Any] = []
@@ -117,7 +123,9 @@ def live_training(
         try:
             log_metrics(client, run_id, buffer)
         except Exception as exc:  # a lost live batch is logged again by `track`
-            warnings.warn(f"MLflow: could not log {len(buffer)} step metrics live ({exc})", stacklevel=2)
+            warnings.warn(
+                f"MLflow: could not log {len(buffer)} step metrics live ({redact_text(str(exc))})", stacklevel=2
+            )
         buffer.clear()
 
     def hook(step: int, metrics: dict[str, float]) -> None:

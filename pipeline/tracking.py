@@ -46,6 +46,7 @@ from pipeline.live_logging import (
     log_metrics,
     new_client,
     object_tags,
+    redact_text,
     redact_uri,
     tracking_uri,
 )
@@ -329,7 +330,7 @@ def log_benchmark(variant_dirs: list[Path], prompts: Path, out: Path) -> dict[st
         except RecordError:
             raise
         except Exception as exc:  # the store refused (not a database, read-only, unreachable): one line
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            first = (redact_text(str(exc)).strip().splitlines() or [""])[0][:300]
             raise TrackingError(
                 f"MLflow tracking to {redact_uri(uri)} failed ({type(exc).__name__}: {first}); the results are "
                 "untouched: fix the store (tracking.uri) and re-run, and only `track` runs again"

@@ -398,3 +398,34 @@ def test_train_cli_refuses_a_world_bank_of_another_config_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'bank.safetensors'}: world bank was built with other settings than this config; rebuild it"
     )
+
+
+def test_a_password_in_the_tracking_uri_never_reaches_a_file(tmp_path):
+    """$MLFLOW_TRACKING_URI with a user and password, pointing at a server that is down: training goes on (tracking
+    never fails a job), gives up on the server within seconds, and no file it writes, nor its output, holds the
+    password."""
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.config import save_resolved
+
+    small = {
+        "world": {"images_per_caption": 2, "resolution": 8},
+        "render": {"resolution": 8, "samples": 8},
+        "nerf": {"kind": "grid", "resolution": 8},
+        "train": {"steps": 2, "batch_views": 1, "warmup_steps": 1},
+        "shading": {"albedo_steps": 1},
+    }
+    save_resolved(from_dict(small), tmp_path / "config.yaml")
+    (tmp_path / "prompts.json").write_text('{"prompts": [{"id": "p", "text": "a red cube."}]}')
+    cmd = [sys.executable, "-m", "pipeline.train", "--params", str(tmp_path / "config.yaml"), "--prompts"]
+    cmd += [str(tmp_path / "prompts.json"), "--prompt-id", "p", "--seed", "0", "--out", str(tmp_path / "o")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://alice:s3cr3t-planted@127.0.0.1:9"}
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.time() - t0 < 120
+    assert "live MLflow logging to http://127.0.0.1:9 disabled" in proc.stderr
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and b"s3cr3t-planted" in p.read_bytes()]
+    assert leaks == [] and "s3cr3t-planted" not in proc.stdout + proc.stderr
