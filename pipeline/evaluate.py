@@ -22,6 +22,7 @@ import argparse
 import csv
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -220,9 +221,9 @@ def load_views(npz: Path) -> dict[str, Tensor]:
     try:
         with np.load(npz) as z:
             views = {mode: z[key] for mode, key in MODES.items()}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated or foreign
         raise EvaluationError(
-            f"{npz}: not a views.npz written by pipeline.views ({exc}); re-run its views job"
+            f"{npz}: not a views.npz written by pipeline.views ({type(exc).__name__}: {exc}); re-run its views job"
         ) from None
     for mode, a in views.items():
         if a.dtype.kind != "f" or a.ndim != 4 or a.shape[1] != 3:

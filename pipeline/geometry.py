@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,8 +211,10 @@ report, the findings, MLflow and DVC see them with the other measures."""
 
 
 def export_agreement(views_path: Path) -> dict[str, float | None]:
+    from pipeline.records import read_json
+
     record = Path(views_path).with_name("views.json")
-    found = json.loads(record.read_text()) if record.exists() else {}
+    found = read_json(record) if record.exists() else {}
     return {k: found.get(k) for k in AGREEMENT}
 
 
@@ -241,8 +244,13 @@ def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[st
     else:
         out.update(chamfer=None, normal_consistency=None)
 
-    with np.load(views_path) as z:
-        opacity, azimuths = torch.from_numpy(z["opacity"]), [float(a) for a in z["azimuths"]]
+    try:
+        with np.load(views_path) as z:
+            opacity, azimuths = torch.from_numpy(z["opacity"]), [float(a) for a in z["azimuths"]]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated or foreign
+        raise GeometryError(
+            f"{views_path}: not a views.npz written by pipeline.views ({type(exc).__name__}); re-run its views job"
+        ) from None
     truth = render_opacity(None, cfg, shape, orbit_cameras(cfg.camera, azimuths), opacity.shape[-1], cfg.views.samples)
     out["silhouette_iou"] = silhouette_iou(opacity, truth)
     out.update(export_agreement(views_path))
@@ -260,10 +268,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     from pipeline.nerf.model import ModelFileError
+    from pipeline.records import RecordError
 
     try:
         result = score_object(Path(args.model), Path(args.mesh), Path(args.views))
-    except (GeometryError, ModelFileError) as exc:
+    except (GeometryError, ModelFileError, RecordError) as exc:
         raise SystemExit(f"error: {exc}") from None
     atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in METRICS}))

@@ -207,3 +207,15 @@ def test_values_that_gave_silent_wrong_results_are_refused(override, message):
 
     with pytest.raises(ConfigError, match=message):
         from_dict(override)
+
+
+def test_a_truncated_views_file_is_refused_with_its_path(tmp_path):
+    import numpy as np
+
+    from pipeline.evaluate import EvaluationError, load_views
+
+    npz = tmp_path / "views.npz"
+    np.savez_compressed(npz, color=np.zeros((2, 3, 8, 8), np.float32), textureless=np.zeros((2, 3, 8, 8), np.float32))
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(EvaluationError, match=f"{npz}: not a views.npz written by pipeline.views"):
+        load_views(npz)
