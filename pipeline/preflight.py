@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.guidance import GUIDANCE, needs_gpu
-from pipeline.guidance.loading import download_patterns
+from pipeline.guidance.loading import download_patterns, is_local
 
 LICENCES = {
     "DeepFloyd/": "accept the licence at https://huggingface.co/DeepFloyd/IF-I-XL-v1.0 (logged in), then "
@@ -21,9 +21,8 @@ LICENCES = {
 
 def _cached(model: str) -> bool:
     """A hub model's model_index.json is in the local cache (or `model` is a local pipeline directory)."""
-    path = Path(model).expanduser()
-    if model.startswith((".", "/", "~")) or path.exists() or model.count("/") != 1:
-        return (path / "model_index.json").is_file()
+    if is_local(model):
+        return (Path(model).expanduser() / "model_index.json").is_file()
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(model, "model_index.json"), str)
@@ -35,8 +34,7 @@ def weights_problem(cfg: Config) -> str | None:
     model = g.model or GUIDANCE.prop(g.name, "default_model")
     if _cached(model):
         return None
-    path = Path(model).expanduser()
-    if model.startswith((".", "/", "~")) or path.exists() or model.count("/") != 1:
+    if is_local(model):
         return f"guidance.model {model!r}: no diffusers pipeline directory there (no model_index.json)"
     variant = None if g.dtype == "float32" else "fp16"
     allow, _ = download_patterns(GUIDANCE.prop(g.name, "components"), variant)

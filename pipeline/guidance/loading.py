@@ -45,12 +45,16 @@ def download_patterns(components: tuple[str, ...], variant: str | None) -> tuple
     return allow, ignore
 
 
+def is_local(model: str) -> bool:
+    """`model` names a local directory (a path, or anything that is not an `owner/name` hub id)."""
+    return model.startswith((".", "/", "~")) or Path(model).expanduser().exists() or model.count("/") != 1
+
+
 def resolve_model_dir(model: str, components: tuple[str, ...] = (), variant: str | None = None) -> Path:
     """A local diffusers directory for `model`: the path itself, or the hub snapshot in the local cache/download
     (only `components`, weights in the `variant` precision when given; see `download_patterns`)."""
     path = Path(model).expanduser()
-    looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") != 1
-    if looks_local:
+    if is_local(model):
         if not path.is_dir():
             raise GuidanceLoadError(
                 f"guidance.model {model!r}: no such directory ({path.resolve()}). Set guidance.model to a diffusers "
