@@ -22,6 +22,7 @@ On a CPU it runs too (slowly), to check the script:
     python benchmarks/bench_sds_gpu.py --setup sd21 --steps 200 [--dtype float16] [--compile | --cuda-graphs]
     python benchmarks/bench_sds_gpu.py --setup if --steps 200 --dtype float16 [--model <local IF-I-XL dir>]
     python benchmarks/bench_sds_gpu.py --setup if --steps 2 --if-channels 64 --small-text-encoder   # CPU check
+    python benchmarks/bench_sds_gpu.py --setup sd21 --steps 100 --dtype float16 --objects-per-job 1,4,8,16
 """
 
 from __future__ import annotations
@@ -188,6 +189,12 @@ def main() -> None:
     ap.add_argument("--if-channels", type=int, default=704, help="if: stand-in UNet base width (704 → 4.30 B)")
     ap.add_argument("--small-text-encoder", action="store_true", help="if: one T5 layer (CPU checks)")
     ap.add_argument(
+        "--objects-per-job",
+        default="1",
+        help="comma list of K: for each, K objects (the first K COCO prompts) trained by one job sharing one batched "
+        "guidance call per step (train.objects_per_job); reports object-steps/s and peak memory per object",
+    )
+    ap.add_argument(
         "--stages", default="train,mesh,views,evaluate", help="comma list: train always runs; mesh, views, evaluate"
     )
     args = ap.parse_args()
@@ -215,24 +222,46 @@ def main() -> None:
     unet_params = sum(p.numel() for p in guidance.unet.parameters())
     if not args.model:  # build_guidance applied guidance.compile already
         guidance = compile_unet(guidance, cfg.guidance.compile, device)
-    from pipeline.train import train
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     from pipeline.prompts import normalize
+    from pipeline.train import Target, train_many
 
     retrieval = [normalize(line) for line in (ROOT / "prompts/coco153.txt").read_text().splitlines() if line.strip()]
-    text = retrieval[0]
-    t = time.perf_counter()
+    from pipeline.guidance.prompting import ViewPrompter
+
+    ks = [int(x) for x in args.objects_per_job.split(",")]
+    for text in retrieval[: max(ks)]:  # before a job releases the text encoder
+        guidance.embed(ViewPrompter(guidance, text, cfg.guidance).texts())
+    runs, stages = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        out_dir = Path(tmp) / "v" / "p" / "seed0"
-        m = train(cfg, "bench", text, 0, out_dir, guidance)
-        wall = time.perf_counter() - t
-        peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
+        for k in ks:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / 1e9 if device.type == "cuda" else None
+            targets = [Target(f"bench{i}", retrieval[i], 0, Path(tmp) / f"k{k}" / f"p{i}" / "seed0") for i in range(k)]
+            t = time.perf_counter()
+            metrics = train_many(cfg, targets, guidance, device=device)
+            wall = time.perf_counter() - t
+            peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
+            m = metrics[0]
+            runs.append(
+                {
+                    "objects_per_job": k,
+                    "wall_s": round(wall, 1),
+                    "object_steps_per_s": round(k * m["steps_per_second"], 3),
+                    "ms_per_step_per_object": {n: round(1000 * v, 1) for n, v in m["seconds_per_step"].items()},
+                    "projected_10k_steps_min_per_object": round(10_000 / (k * m["steps_per_second"]) / 60, 1),
+                    "peak_gpu_mem_gb": round(peak, 2) if peak is not None else None,
+                    "gpu_mem_gb_per_object": round((peak - base) / k, 2) if peak is not None else None,
+                }
+            )
+            print(json.dumps(runs[-1]), flush=True)
+        first = runs[0]["objects_per_job"]
         del guidance
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        stages = later_stages(cfg, out_dir, text, retrieval, args.stages.split(","), device)
+        out_dir = Path(tmp) / f"k{first}" / "p0" / "seed0"
+        stages = later_stages(cfg, out_dir, retrieval[0], retrieval, args.stages.split(","), device)
     out = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "setup": args.setup if not args.model else f"{args.setup} ({args.model})",
@@ -240,11 +269,7 @@ def main() -> None:
         "dtype": str(dtype),
         "compile": cfg.guidance.compile,
         "steps": args.steps,
-        "wall_s": round(wall, 1),
-        "steps_per_s": round(m["steps_per_second"], 3),
-        "ms_per_step": {k: round(1000 * v, 1) for k, v in m["seconds_per_step"].items()},
-        "projected_10k_steps_min": round(10_000 / m["steps_per_second"] / 60, 1),
-        "peak_gpu_mem_gb (training)": round(peak, 2) if peak is not None else None,
+        "runs": runs,
         "later_stages_s": {k: round(v, 1) for k, v in stages.items()},
     }
     print(json.dumps(out, indent=1))

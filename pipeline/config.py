@@ -56,6 +56,8 @@ MAX_PIXELS = 1024
 """Upper bound of a render's side: SD renders 512x512 at most; 1024² rays x 1024 samples is ≈ 4 GB a view in fp32."""
 MAX_SAMPLES = 1024
 """Upper bound of samples per ray (the paper takes 256 at most)."""
+JOB_KEYS = ("train.objects_per_job",)
+"""Keys that say how jobs are formed, not what they compute: not in a variant's resolved config or digest."""
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict[str, Any]:
@@ -308,6 +310,11 @@ class TrainConfig:
     denoised estimate at a few timesteps (pipeline/guidance_debug.py); 0 = off."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto = cuda when available."""
+    objects_per_job: int = field(default=1, metadata=_range(1, 64))
+    """(prompt, seed) objects of a variant trained by one job, in one process sharing one batched guidance call per
+    step (each keeps its own field, optimiser, random stream, checkpoints and outputs). How jobs are formed, not what
+    they compute: left out of a variant's resolved config and digest, so changing it retrains nothing (finished
+    objects are restored from their checkpoints). Set once for the whole run, not per variant."""
 
 
 @dataclass
@@ -440,9 +447,18 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolved(self) -> dict[str, Any]:
+        """The values that decide a variant's results, as its config.yaml holds them: `to_dict` without the keys
+        that only say how jobs are formed (JOB_KEYS)."""
+        d = self.to_dict()
+        for key in JOB_KEYS:
+            section, name = key.split(".")
+            d[section].pop(name)
+        return d
+
     def digest(self) -> str:
         """Short hash of the resolved values (sweep excluded): identifies what produced a result."""
-        d = self.to_dict()
+        d = self.resolved()
         d.pop("sweep")
         d.pop("ablation")
         d.pop("study")
@@ -768,6 +784,8 @@ def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
             raise ConfigError(f"{src}: sweep.{key} must be a non-empty list of values, got {values!r}")
         if key in ("sweep", "seeds", "study", "tag", "ablation") or key.startswith("prompts."):
             raise ConfigError(f"{src}: sweep.{key} cannot be swept (use seeds / prompts directly)")
+        if key in JOB_KEYS:
+            raise ConfigError(f"{src}: sweep.{key} cannot be swept: it forms the jobs of the whole run; set it once")
         for v in values:
             variant = _set_dotted(cfg.to_dict(), key, v, src)
             variant["sweep"] = {}
@@ -783,6 +801,8 @@ def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
         variant = cfg.to_dict()
         variant["ablation"] = {}
         for key, v in changes.items():
+            if key in JOB_KEYS:
+                raise ConfigError(f"{src}: ablation.{label}.{key}: it forms the jobs of the whole run; set it once")
             _set_dotted(variant, key, v, f"{src} (ablation.{label})")
         from_dict(variant, f"{src} (ablation.{label})")
     return cfg
@@ -901,4 +921,4 @@ def save_resolved(cfg: Config, path: str | Path) -> None:
     """Write a resolved (single-variant) config as YAML, atomically."""
     from pipeline.io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.resolved(), sort_keys=False))

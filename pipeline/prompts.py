@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import re
@@ -19,7 +20,6 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.clip_loader import import_clip
 from pipeline.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,24 @@ def prompt_id(text: str) -> str:
     return f"{slug}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
 
 
+def _clip_tokenizer():
+    """clip-anytorch's BPE tokenizer (it ships the vocabulary), loaded from its own file: the package's __init__
+    imports torch and torchvision, 2 s of every Snakemake start, which reads the prompts to plan its jobs."""
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("clip-anytorch is not installed: pip install -e .")
+    path = Path(next(iter(spec.submodule_search_locations))) / "simple_tokenizer.py"
+    module_spec = importlib.util.spec_from_file_location("_clip_simple_tokenizer", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.SimpleTokenizer()
+
+
 def _token_count(text: str) -> int:
-    """CLIP BPE token count including start/end tokens (clip-anytorch ships its vocabulary)."""
+    """CLIP BPE token count including start/end tokens."""
     global _TOKENIZER
     if _TOKENIZER is None:
-        _TOKENIZER = import_clip().simple_tokenizer.SimpleTokenizer()
+        _TOKENIZER = _clip_tokenizer()
     return len(_TOKENIZER.encode(text)) + 2
 
 

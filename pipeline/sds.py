@@ -173,7 +173,7 @@ class SDSOutput:
     score_norm: Tensor
     """‖ε̂ − ε‖ per sample [B], before clipping."""
     nonfinite: Tensor
-    """How many gradient elements were NaN/Inf and zeroed (a 0-d tensor)."""
+    """How many gradient elements of each sample were NaN/Inf and zeroed [B]."""
 
 
 def sds_from_x(
@@ -212,7 +212,7 @@ def sds_from_x(
         grad = w.view(-1, 1, 1, 1) * score
         # one NaN pixel (e.g. an fp16 overflow in the U-Net) would make the whole step NaN: zero it and count it,
         # as both peers do (threestudio, stable-dreamfusion: nan_to_num on the SDS gradient)
-        nonfinite = (~torch.isfinite(grad)).sum()
+        nonfinite = (~torch.isfinite(grad)).flatten(1).sum(1)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     target = (x - grad).detach()
     loss = 0.5 * ((x - target) ** 2).sum()

@@ -1,4 +1,4 @@
-"""SDS-NeRF training for one (variant, prompt, seed): DreamFusion's optimisation loop.
+"""SDS-NeRF training of one or several (prompt, seed) objects of one variant: DreamFusion's optimisation loop.
 
 Each step: sample `batch_views` paper cameras and shading modes, render, add the view suffix to the prompt, take the
 SDS gradient from the guidance model, add the orientation and opacity regularisers, and take an Adam step with
@@ -10,6 +10,10 @@ log.jsonl (one line a step), previews/ (a render every 10 %), checkpoint/ (resum
 links to the final model and metrics, so a finished object that Snakemake discards as incomplete after an interrupt
 is restored at once on the next run instead of retrained). SIGINT/SIGTERM stop after the current step with a
 checkpoint there (exit 130/143); the next run resumes from it.
+
+Several objects in one job (`train.objects_per_job`, repeated --prompt-id/--seed/--out): each keeps all of the above
+to itself (its outputs in its own --out, its random stream, its resume point) and they share one batched call of the
+guidance model per step, which is where a GPU waits; an object that diverges stops alone.
 
     python -m pipeline.train --params results/primitives/world-w10-uniform/config.yaml \
         --prompts results/primitives/prompts.json --prompt-id a-red-cube-1234abcd --seed 0 --out out/
@@ -27,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +63,7 @@ from pipeline.nerf.model import Model, initial_model, save_model
 from pipeline.nerf.renderer import RenderOutput, Shading, render, sample_shading
 from pipeline.prompts import PromptFileError, read_prompts_json
 from pipeline.provenance import git_sha, module_sources
-from pipeline.sds import TimestepSchedule, sds
+from pipeline.sds import TimestepSchedule, sds_from_x
 
 
 class TrainingDiverged(RuntimeError):
@@ -226,30 +231,58 @@ def _open_log(out: Path, start: int) -> tuple[Path, float]:
 
 
 @dataclass
+class Target:
+    """One object of a training job: a (prompt, seed) and its output folder."""
+
+    prompt_id: str
+    text: str
+    seed: int
+    out: Path
+
+
+@dataclass
 class Run:
-    """What one object's optimisation holds between steps."""
+    """What one object's optimisation holds between steps (the guidance model is shared by a job's objects)."""
 
     cfg: Config
     model: Model
     opt: torch.optim.Optimizer
-    guidance: Guidance
     prompter: ViewPrompter
     schedule: TimestepSchedule
     device: torch.device
-    ckpt_dir: Path
+    target: Target
+    ident: dict[str, Any]
+    start: int = 0
+    restart: int = 0
+    on_step: Callable[[int, dict[str, float]], None] | None = None
+    last: dict[str, float] = field(default_factory=dict)
+    failed: TrainingDiverged | None = None
     timings: dict[str, float] = field(
         default_factory=lambda: {"render": 0.0, "guidance": 0.0, "backward": 0.0, "optimiser": 0.0}
     )
 
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.target.out / "checkpoint"
 
-def sds_step(run: Run, step: int, g: torch.Generator) -> tuple[dict[str, float], RenderOutput, Any]:
-    """One optimisation step: cameras and shading → render → SDS + regularisers → Adam. Returns the step's log
-    record, its render and its prompt embeddings."""
+
+@dataclass
+class _Rendered:
+    """One object's half of a step before the shared guidance call."""
+
+    res: RenderOutput
+    cond: Any
+    t: Tensor
+    weights: dict[str, float]
+
+
+def _render(run: Run, step: int, g: torch.Generator) -> _Rendered:
+    """Cameras, shading, the render and the step's conditioning and timesteps of one object (in this order from its
+    own generator, so an object draws the same numbers whichever job it shares)."""
     cfg, model = run.cfg, run.model
     for group in run.opt.param_groups:
         group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
     model.field.set_step(step)
-    t0 = time.perf_counter()
     cams = sample_cameras(cfg.camera, cfg.train.batch_views, g).to(run.device)
     shading = sample_shading(cfg.shading, step, cfg.train.batch_views, g)
     w = losses.weights(cfg.train, step)
@@ -265,41 +298,106 @@ def sds_step(run: Run, step: int, g: torch.Generator) -> tuple[dict[str, float],
         training=True,
         need_normals=shading.needs_normals or w["orientation"] > 0 or w["normal_smoothness"] > 0,
     )
-    t1 = time.perf_counter()
     c = run.prompter(cams.elevation.tolist(), cams.azimuth.tolist())
-    t = run.schedule(step, cfg.train.batch_views, g)
-    s = sds(run.guidance, res.rgb, c.cond, c.uncond, t, cfg.guidance, step, g, c.negatives, c.neg_weights)
+    return _Rendered(res, c, run.schedule(step, cfg.train.batch_views, g), w)
+
+
+def _cat(parts: list[Tensor | None]) -> Tensor | None:
+    return None if parts[0] is None else torch.cat(parts)
+
+
+def sds_step(
+    runs: list[Run], guidance: Guidance, step: int, gens: list[torch.Generator]
+) -> list[tuple[dict[str, float], RenderOutput, Any] | None]:
+    """One optimisation step of a job's objects: each renders its own views, then one batched guidance call (VAE
+    encode, U-Net) takes the SDS gradient of all of them, then each adds its regularisers and takes its own Adam step.
+    Returns per object its log record, render and conditioning, or None where it diverged at this step (its
+    `failed` is set; the others go on). The objects share no parameter, so the backward of their summed losses gives
+    each exactly its own gradient."""
+    cfg = runs[0].cfg
+    parts = []
+    for run, g in zip(runs, gens, strict=True):
+        r0 = time.perf_counter()
+        parts.append(_render(run, step, g))
+        run.timings["render"] += time.perf_counter() - r0
+    t1 = time.perf_counter()
+    x = guidance.encode(torch.cat([p.res.rgb for p in parts]))
+    b = cfg.train.batch_views
+    spans = [slice(i * b, (i + 1) * b) for i in range(len(runs))]
+    noise = torch.cat(
+        [torch.randn(x[sl].shape, generator=g, dtype=torch.float32) for sl, g in zip(spans, gens, strict=True)]
+    )
+    s = sds_from_x(
+        guidance,
+        x,
+        torch.cat([p.cond.cond for p in parts]),
+        torch.cat([p.cond.uncond for p in parts]),
+        torch.cat([p.t for p in parts]),
+        noise.to(x.device),
+        cfg.guidance,
+        step,
+        _cat([p.cond.negatives for p in parts]),
+        _cat([p.cond.neg_weights for p in parts]),
+    )
+    target = (x - s.grad).detach()
     t2 = time.perf_counter()
-    sds_term = s.loss / cfg.train.batch_views if cfg.train.sds_reduction == "mean" else s.loss
-    loss = losses.add_regularisers(sds_term, model, res, cfg.train, w)
-    _check_finite(step, "loss", loss.detach(), run.ckpt_dir)
-    run.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    total, results, ok = None, [], []
+    for run, part, sl in zip(runs, parts, spans, strict=True):
+        sds_loss = 0.5 * ((x[sl] - target[sl]) ** 2).sum()
+        sds_term = sds_loss / b if cfg.train.sds_reduction == "mean" else sds_loss
+        loss = losses.add_regularisers(sds_term, run.model, part.res, cfg.train, part.weights)
+        try:
+            _check_finite(step, "loss", loss.detach(), run.ckpt_dir)
+        except TrainingDiverged as exc:
+            run.failed = exc
+            results.append(None)
+            continue
+        total = loss if total is None else total + loss
+        ok.append(run)
+        results.append(
+            {
+                "step": step,
+                "loss": float(loss.detach()),
+                "sds": float(sds_loss.detach()),
+                "orientation": float(part.res.orientation.detach()),
+                "opacity": float(part.res.opacity.detach().mean()),
+                "t_mean": float(s.t[sl].float().mean()),
+                "score_norm": float(s.score_norm[sl].mean()),
+                "sds_nonfinite": int(s.nonfinite[sl].sum()),
+                "lr": learning_rate(cfg, step),
+            }
+        )
+    for run in runs:
+        run.opt.zero_grad(set_to_none=True)
+    if total is not None:
+        total.backward()
     t3 = time.perf_counter()
-    run.opt.step()
-    for p in model.parameters():
-        _check_finite(step, "a parameter", p.detach(), run.ckpt_dir)
-    t4 = time.perf_counter()
-    for k, dt in zip(run.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-        run.timings[k] += dt
-    record = {
-        "step": step,
-        "loss": float(loss.detach()),
-        "sds": float(s.loss.detach()),
-        "orientation": float(res.orientation.detach()),
-        "opacity": float(res.opacity.detach().mean()),
-        "t_mean": float(s.t.float().mean()),
-        "score_norm": float(s.score_norm.mean()),
-        "sds_nonfinite": int(s.nonfinite),
-        "lr": learning_rate(cfg, step),
-        "time": round(time.time(), 3),
-    }
-    return record, res, c
+    for run in ok:
+        o0 = time.perf_counter()
+        run.opt.step()
+        try:
+            for p in run.model.parameters():
+                _check_finite(step, "a parameter", p.detach(), run.ckpt_dir)
+        except TrainingDiverged as exc:
+            run.failed = exc
+        run.timings["optimiser"] += time.perf_counter() - o0
+    n = len(runs)
+    for run in runs:  # the shared calls, split evenly
+        run.timings["guidance"] += (t2 - t1) / n
+        run.timings["backward"] += (t3 - t2) / n
+    now = round(time.time(), 3)
+    out = []
+    for run, part, rec in zip(runs, parts, results, strict=True):
+        if rec is None or run.failed is not None:
+            out.append(None)
+            continue
+        out.append(({**rec, "time": now}, part.res, part.cond))
+    return out
 
 
-def _write_previews(run: Run, done: int, res: RenderOutput, c: Any, seed: int, out: Path) -> None:
+def _write_previews(run: Run, guidance: Guidance, done: int, res: RenderOutput, c: Any) -> None:
     """previews/step<N>.png every `preview_every` steps and at the end; the guidance strip when asked for."""
-    cfg = run.cfg
+    cfg, out = run.cfg, run.target.out
     every_preview = cfg.train.preview_every or max(1, cfg.train.steps // 10)
     if done % every_preview == 0 or done == cfg.train.steps:
         from torchvision.utils import save_image
@@ -311,22 +409,23 @@ def _write_previews(run: Run, done: int, res: RenderOutput, c: Any, seed: int, o
         )
     debug_every = cfg.train.guidance_debug_every
     if debug_every and (done % debug_every == 0 or done == cfg.train.steps):
-        _guidance_strip(run.guidance, res.rgb[:1].detach(), c.cond[:1], c.uncond[:1], cfg, seed, done, out)
+        _guidance_strip(guidance, res.rgb[:1].detach(), c.cond[:1], c.uncond[:1], cfg, run.target.seed, done, out)
 
 
-def _final_metrics(run: Run, ident: dict, start: int, restart: int, wall: float, last: dict) -> dict[str, Any]:
+def _final_metrics(run: Run, wall: float, objects: int) -> dict[str, Any]:
     cfg = run.cfg
-    ran = cfg.train.steps - start
+    ran = cfg.train.steps - run.start
     return {
-        **ident,
+        **run.ident,
         "steps": cfg.train.steps,
-        "resumed_from": start,
-        "divergence_restarts": restart,
-        "final_loss": last.get("loss"),
-        "final_opacity": last.get("opacity"),
+        "resumed_from": run.start,
+        "divergence_restarts": run.restart,
+        "final_loss": run.last.get("loss"),
+        "final_opacity": run.last.get("opacity"),
         "wall_seconds": wall,
         "steps_per_second": ran / wall if wall > 0 else None,
         "seconds_per_step": {k: v / max(ran, 1) for k, v in run.timings.items()},
+        "objects_in_job": objects,
         "device": str(run.device),
         "cfg_convention": cfg.guidance.convention,
         "guidance_scale": cfg.guidance.scale,
@@ -349,70 +448,139 @@ def train(
 
     `stop_after` ends the process-equivalent early (after that many steps, with a checkpoint) for tests of resume.
     """
-    out = Path(out)
-    _require_writable(out)
-    device = device or pick_device(cfg)
-    torch.manual_seed(seed)
-    ident = identity(cfg, prompt_id, text, seed)
-    ckpt_dir = out / "checkpoint"
-    for folder in (out, ckpt_dir, out / "previews"):
+    target = Target(prompt_id, text, seed, Path(out))
+    return train_many(cfg, [target], guidance, [on_step], stop_after, device)[0]
+
+
+def _start_run(cfg: Config, target: Target, guidance: Guidance, device: torch.device) -> Run | dict[str, Any]:
+    """One object's optimiser state, resumed from its checkpoint; or its metrics when it had already finished (its
+    final outputs restored from the checkpoint folder)."""
+    _require_writable(target.out)
+    ident = identity(cfg, target.prompt_id, target.text, target.seed)
+    ckpt_dir = target.out / "checkpoint"
+    for folder in (target.out, ckpt_dir, target.out / "previews"):
         remove_stale_temps(folder)  # left by a job killed mid-write; this job is the folder's only writer
     final_record = {**ident, "steps": cfg.train.steps, "code_digest": code_digest()}
-    restored = restore_final(ckpt_dir, out, final_record)
+    restored = restore_final(ckpt_dir, target.out, final_record)
     if restored is not None:
         return restored
-    guidance = guidance or build_guidance(cfg, device)
-    model = initial_model(cfg, seed).to(device)
-    if cfg.nerf.normals == "analytic" and cfg.nerf.lookup == "grid_sample":
-        require_analytic_normals(device)
+    torch.manual_seed(target.seed)
+    model = initial_model(cfg, target.seed).to(device)
     opt = optimizer(cfg, model)
     start = load_checkpoint(ckpt_dir, model, opt, ident, cfg.train.steps)
     schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)
-    prompter = ViewPrompter(guidance, text, cfg.guidance)
-    guidance.embed(prompter.texts())
-    guidance.release_text_encoder()  # every text this run needs is cached
-    run = Run(cfg, model, opt, guidance, prompter, schedule, device, ckpt_dir)
-    log_path, started_at = _open_log(out, start)
+    prompter = ViewPrompter(guidance, target.text, cfg.guidance)
+    return Run(cfg, model, opt, prompter, schedule, device, target, ident, start, _restarts(ckpt_dir))
+
+
+def _finish(run: Run, wall: float, objects: int, started_at: float) -> dict[str, Any]:
+    """Write the object's model and metrics and keep them in its checkpoint folder."""
+    out = run.target.out
+    run.model.field.set_step(None)  # the saved object is the fully unlocked field
+    metrics = _final_metrics(run, wall, objects)
+    metrics |= {"started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
+    save_model(out / "model.safetensors", run.model, run.cfg, run.ident)
+    atomic_write_json(out / "metrics.json", metrics)
+    final_record = {**run.ident, "steps": run.cfg.train.steps, "code_digest": code_digest()}
+    keep_final(run.ckpt_dir, out, final_record)
+    return metrics
+
+
+def train_many(
+    cfg: Config,
+    targets: list[Target],
+    guidance: Guidance | None = None,
+    on_step: list[Callable[[int, dict[str, float]], None] | None] | None = None,
+    stop_after: int | None = None,
+    device: torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """Optimise several objects of one config in one process (`train.objects_per_job`), sharing one batched guidance
+    call per step; each keeps its own field, optimiser, random stream, log, checkpoints and outputs, resumes on its
+    own, and one that diverges stops alone: the others finish, then TrainingDiverged names it. Returns each object's
+    final metrics, in the order of `targets`."""
+    if len({(t.prompt_id, t.seed) for t in targets}) != len(targets) or len({t.out for t in targets}) != len(targets):
+        raise ValueError("train_many: each (prompt, seed) and output folder may appear once in a job")
+    device = device or pick_device(cfg)
+    hooks = on_step or [None] * len(targets)
+    guidance = guidance or build_guidance(cfg, device)
+    if cfg.nerf.normals == "analytic" and cfg.nerf.lookup == "grid_sample":
+        require_analytic_normals(device)
+    results: dict[int, dict[str, Any]] = {}
+    runs: list[tuple[int, Run]] = []
+    for i, target in enumerate(targets):
+        started = _start_run(cfg, target, guidance, device)
+        if isinstance(started, dict):
+            results[i] = started
+        else:
+            started.on_step = hooks[i]
+            runs.append((i, started))
+    if runs:
+        for _, run in runs:
+            guidance.embed(run.prompter.texts())
+        guidance.release_text_encoder()  # every text this job needs is cached
+        results |= _loop([r for _, r in runs], [i for i, _ in runs], guidance, stop_after)
+    failed = [r.failed for _, r in runs if r.failed is not None]
+    if len(failed) == 1 and len(targets) == 1:
+        raise failed[0]
+    if failed:
+        names = "; ".join(f"{r.target.prompt_id}/seed{r.target.seed}: {r.failed}" for _, r in runs if r.failed)
+        raise TrainingDiverged(f"{len(failed)} of {len(targets)} objects diverged (the others finished): {names}")
+    return [results[i] for i in range(len(targets))]
+
+
+def _loop(runs: list[Run], index: list[int], guidance: Guidance, stop_after: int | None) -> dict[int, dict[str, Any]]:
+    """The step loop over a job's unfinished objects, from the earliest resume point; each object joins at its own."""
+    cfg = runs[0].cfg
+    first = min(r.start for r in runs)
+    starts = {id(r): _open_log(r.target.out, r.start) for r in runs}
     t_start = time.perf_counter()
     bar = tqdm(
-        range(start, cfg.train.steps),
-        initial=start,
+        range(first, cfg.train.steps),
+        initial=first,
         total=cfg.train.steps,
-        desc=prompt_id,
+        desc=runs[0].target.prompt_id if len(runs) == 1 else f"{len(runs)} objects",
         leave=False,
         disable=os.environ.get("TQDM_DISABLE") == "1",
     )
-    last: dict[str, float] = {}
-    with open(log_path, "a", encoding="utf-8") as log, _StopRequests() as stop:
-        restart = _restarts(ckpt_dir)
+    results: dict[int, dict[str, Any]] = {}
+    with ExitStack() as stack, _StopRequests() as stop:
+        logs = {id(r): stack.enter_context(open(starts[id(r)][0], "a", encoding="utf-8")) for r in runs}
         for step in bar:
-            last, res, c = sds_step(run, step, step_generator(seed, step, restart))
-            log.write(json.dumps(last) + "\n")
-            bar.set_postfix(loss=f"{last['loss']:.3g}", t=int(last["t_mean"]))
-            if on_step:
-                on_step(step, last)
+            active = [r for r in runs if r.failed is None and r.start <= step]
+            if not active:
+                break
             done = step + 1
-            _write_previews(run, done, res, c, seed, out)
+            stepped = sds_step(active, guidance, step, [step_generator(r.target.seed, step, r.restart) for r in active])
+            for run, result in zip(active, stepped, strict=True):
+                if result is None:
+                    continue
+                run.last, res, c = result
+                logs[id(run)].write(json.dumps(run.last) + "\n")
+                if run.on_step:
+                    run.on_step(step, run.last)
+                _write_previews(run, guidance, done, res, c)
+            bar.set_postfix(loss=f"{sum(r.last.get('loss', 0.0) for r in active) / len(active):.3g}")
             stopped = stop_after is not None and done >= stop_after
             interrupted = stop.signum is not None and done < cfg.train.steps
             if stopped or interrupted or (done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps):
-                log.flush()
-                save_checkpoint(ckpt_dir, model, opt, done, ident)
+                for run in active:
+                    if run.failed is None:
+                        logs[id(run)].flush()
+                        save_checkpoint(run.ckpt_dir, run.model, run.opt, done, run.ident)
             if stopped:
-                return {"stopped_at": done}
+                return {i: {"stopped_at": done} for i in index}
             if interrupted:
+                where = runs[0].ckpt_dir if len(runs) == 1 else "each object's checkpoint folder"
                 raise Interrupted(
                     f"{signal.Signals(stop.signum).name} after step {done} of {cfg.train.steps}: checkpoint saved in "
-                    f"{ckpt_dir}; run again to resume",
+                    f"{where}; run again to resume",
                     stop.signum,
                 )
-    model.field.set_step(None)  # the saved object is the fully unlocked field
-    metrics = _final_metrics(run, ident, start, restart, time.perf_counter() - t_start, last)
-    metrics |= {"started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
-    save_model(out / "model.safetensors", model, cfg, ident)
-    atomic_write_json(out / "metrics.json", metrics)
-    keep_final(ckpt_dir, out, final_record)
-    return metrics
+    wall = time.perf_counter() - t_start
+    for i, run in zip(index, runs, strict=True):
+        if run.failed is None:
+            results[i] = _finish(run, wall, len(runs), starts[id(run)][1])
+    return results
 
 
 def _guidance_strip(
@@ -451,22 +619,38 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", required=True, help="resolved variant config (YAML)")
-    ap.add_argument("--prompts", required=True, help="prompts.json from the prepare stage")
-    ap.add_argument("--prompt-id", required=True)
-    ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--world-bank", default=None, help="bank .safetensors for guidance.name=world")
-    args = ap.parse_args(argv)
-    cfg = load_config(args.params)
+def _targets(args: argparse.Namespace) -> list[Target]:
+    """The job's objects from --prompt-id/--seed/--out (one each, or one per object)."""
     try:
         prompts = {p["id"]: p for p in read_prompts_json(args.prompts)["prompts"]}
     except PromptFileError as exc:
         raise SystemExit(f"error: {exc}") from None
-    if args.prompt_id not in prompts:
-        raise SystemExit(f"error: {args.prompts}: no prompt with id {args.prompt_id!r}")
+    n = len(args.prompt_id)
+    if len(args.seed) != n or len(args.out) != n:
+        raise SystemExit(
+            f"error: {n} --prompt-id, {len(args.seed)} --seed and {len(args.out)} --out given; give one of each per "
+            "object, in the same order"
+        )
+    for pid in args.prompt_id:
+        if pid not in prompts:
+            raise SystemExit(f"error: {args.prompts}: no prompt with id {pid!r}")
+    return [
+        Target(pid, prompts[pid]["text"], seed, Path(out))
+        for pid, seed, out in zip(args.prompt_id, args.seed, args.out, strict=True)
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", required=True, help="resolved variant config (YAML)")
+    ap.add_argument("--prompts", required=True, help="prompts.json from the prepare stage")
+    ap.add_argument("--prompt-id", required=True, nargs="+", help="one per object the job trains")
+    ap.add_argument("--seed", type=int, required=True, nargs="+", help="one per object, in the same order")
+    ap.add_argument("--out", required=True, nargs="+", help="one output folder per object, in the same order")
+    ap.add_argument("--world-bank", default=None, help="bank .safetensors for guidance.name=world")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.params)
+    targets = _targets(args)
     try:
         device = pick_device(cfg)
     except NoGPU as exc:
@@ -478,17 +662,9 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.live_logging import live_training
 
     try:
-        with live_training(cfg, args.prompt_id, prompts[args.prompt_id]["text"], args.seed, Path(args.out)) as hook:
-            metrics = train(
-                cfg,
-                args.prompt_id,
-                prompts[args.prompt_id]["text"],
-                args.seed,
-                args.out,
-                guidance,
-                on_step=hook,
-                device=device,
-            )
+        with ExitStack() as stack:
+            hooks = [stack.enter_context(live_training(cfg, t.prompt_id, t.text, t.seed, t.out)) for t in targets]
+            metrics = train_many(cfg, targets, guidance, hooks, device=device)
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         raise SystemExit(128 + exc.signum) from None
@@ -498,9 +674,10 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         raise SystemExit(
             f"error: {where}{exc.strerror or exc}; free space or fix the folder's permissions and run again: training "
-            f"resumes from its last checkpoint in {Path(args.out) / 'checkpoint'}"
+            "resumes from each object's last checkpoint (<out>/checkpoint)"
         ) from None
-    print(json.dumps({k: metrics[k] for k in ("prompt", "final_loss", "wall_seconds", "steps_per_second")}))
+    for m in metrics:
+        print(json.dumps({k: m[k] for k in ("prompt", "final_loss", "wall_seconds", "steps_per_second")}))
 
 
 if __name__ == "__main__":

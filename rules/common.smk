@@ -63,7 +63,7 @@ def variant_cfg(wildcards):
 
 def bank_file(variant):
     """The world bank a variant's closed-form prior needs (none for other guidance)."""
-    from pipeline.world.prior import bank_digest
+    from pipeline.world.bank_id import bank_digest
 
     cfg = VARIANTS[variant]
     return [f"results/world/bank-{bank_digest(cfg)}.safetensors"] if cfg.guidance.name == "world" else []
@@ -100,6 +100,13 @@ def train_threads(wildcards):
     return 2 if train_gpus(wildcards) else 1
 
 
+JOB_SIZE = CFG.train.objects_per_job
+OBJECT_JOBS = [  # (prompt id, seed) groups of JOB_SIZE, each trained by one job (rules/train.smk)
+    [(p, s) for p in PROMPT_IDS for s in SEEDS][i : i + JOB_SIZE]
+    for i in range(0, len(PROMPT_IDS) * len(SEEDS), JOB_SIZE)
+]
+
+
 def objects(variant, name):
     return expand(f"{RESULTS}/{variant}/{{pid}}/seed{{seed}}/{name}", pid=PROMPT_IDS, seed=SEEDS)
 
@@ -121,3 +128,18 @@ def stage(module):
     """The shell command of a stage: `python -m <module>` with its math libraries held to the job's threads (so
     parallel jobs do not oversubscribe the cores)."""
     return f"OMP_NUM_THREADS={{threads}} python -m {module}"
+
+
+TRAIN_CODE = code("pipeline.train")
+
+
+def train_inputs(wildcards):
+    """What a training job reads: its variant's config, the prompts, the world bank or the guidance model's record,
+    and the code `python -m pipeline.train` runs."""
+    return {
+        "config": f"{RESULTS}/{wildcards.variant}/config.yaml",
+        "prompts": f"{RESULTS}/prompts.json",
+        "bank": bank_file(wildcards.variant),
+        "guidance": guidance_files(wildcards.variant),
+        "code": TRAIN_CODE,
+    }

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -158,6 +159,7 @@ def test_ctrl_c_on_snakemake_keeps_the_training_done(workdir):
     assert json.loads((obj / "metrics.json").read_text())["resumed_from"] == step
 
 
+@pytest.mark.e2e
 def test_twenty_random_sigkills_all_resume_to_the_same_weights(workdir):
     """Issue #19's bar: 20 SIGKILLs at random points (start-up, any step, inside a checkpoint write — one every step
     here —, the final writes) and each restart resumes; the end result is bit-identical to an uninterrupted run, its

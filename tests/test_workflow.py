@@ -42,6 +42,7 @@ def tiny_workdir(workdir):
     return workdir
 
 
+@pytest.mark.e2e
 def test_full_tiny_run_with_mlflow(workdir):
     """As a newcomer starts: no mlflow.db, no results, 2 training jobs at once, no retries hiding a failure."""
     from mlflow.tracking import MlflowClient
@@ -158,6 +159,7 @@ def test_full_tiny_run_with_mlflow(workdir):
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.e2e
 def test_dvc_repro_experiments_and_remote(workdir, tmp_path):
     """The README's DVC section word for word on a tiny config (three pipeline runs, ~4 min): repro, push, two
     experiments side by side in `dvc exp show` with the same metric columns, metrics diff, plots, and a clone that
@@ -307,15 +309,17 @@ def test_dvc_plot_axes_are_fitted_to_the_data():
     assert "scale" not in spec["layer"][0]["encoding"]["y"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
-    ("preset", "save"),
-    [("configs/sd21-coco153.yaml", "save_tiny_sd"), ("configs/if-coco153.yaml", "save_tiny_if")],
+    ("preset", "save", "per_job"),
+    [("configs/sd21-coco153.yaml", "save_tiny_sd", 2), ("configs/if-coco153.yaml", "save_tiny_if", 1)],
     ids=["sd21", "if"],
 )
-def test_gpu_presets_run_end_to_end_with_tiny_models(workdir, preset, save):
+def test_gpu_presets_run_end_to_end_with_tiny_models(workdir, preset, save, per_job):
     """The SD and IF presets' own settings (field, cameras, shading, background, schedule, CFG convention) through
     the whole workflow on a CPU, with tiny models of the real component types in place of the real weights:
-    2 COCO prompts × a few steps → mesh, views, evaluation (tiny CLIP), report."""
+    2 COCO prompts × a few steps → mesh, views, evaluation (tiny CLIP), report. SD trains both objects in one job
+    (train.objects_per_job: 2), IF one job per object."""
     import tests.tiny_models as tiny
 
     save_tiny_clip(workdir / "tiny-clip.pt")
@@ -329,7 +333,14 @@ def test_gpu_presets_run_end_to_end_with_tiny_models(workdir, preset, save):
         "nerf": {"unlock_steps": [1, 2]},
         "render": {"resolution": 16, "samples": 16},
         "shading": {"albedo_steps": 2},
-        "train": {"steps": 3, "device": "cpu", "warmup_steps": 1, "checkpoint_every": 2, "guidance_debug_every": 3},
+        "train": {
+            "steps": 3,
+            "device": "cpu",
+            "warmup_steps": 1,
+            "checkpoint_every": 2,
+            "guidance_debug_every": 3,
+            "objects_per_job": per_job,
+        },
         "mesh": {"resolution": 24},
         "views": {"azimuths": 2, "resolution": 16, "samples": 16, "turntable_frames": 2},
         "evaluate": {"clip_models": ["tiny-clip.pt"], "bootstrap": 100},
@@ -343,4 +354,6 @@ def test_gpu_presets_run_end_to_end_with_tiny_models(workdir, preset, save):
     assert ev["retrieval_set_size"] == 153 and set(ev["models"]["tiny-clip.pt"]) == {"color", "geo"}
     assert len(list(variant.glob("*/seed0/mesh.glb"))) == 2
     assert len(list(variant.glob("*/seed0/previews/guidance-step000003.png"))) == 2
+    metrics = [json.loads(p.read_text()) for p in variant.glob("*/seed0/metrics.json")]
+    assert [m["objects_in_job"] for m in metrics] == [per_job, per_job]
     assert "GT renders" not in (workdir / "reports/coco153/table.md").read_text()  # no ceiling outside the world

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Config
-from pipeline.guidance.base import Guidance, GuidanceLoadError, pick_dtype
 from pipeline.registry import Registry
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the workflow reads the registry while it plans jobs
+    import torch
+
+    from pipeline.guidance.base import Guidance, GuidanceLoadError
 
 __all__ = ["GUIDANCE", "Guidance", "GuidanceLoadError", "build_guidance", "compile_unet", "needs_gpu"]
 
 WORLD_UNET_DIR = "models/world-unet"
 
 
-Builder = Callable[[Config, torch.device, torch.dtype, "str | Path | None"], Guidance]
+Builder = Callable[[Config, "torch.device", "torch.dtype", "str | Path | None"], "Guidance"]
 GUIDANCE: Registry[Builder] = Registry("guidance model")
 """guidance.name → a builder (cfg, device, dtype, world bank) → Guidance. Properties: `needs_gpu` (only practical
 on a GPU: training with train.device auto and no CUDA stops at once, cluster jobs ask for a GPU, and the workflow
@@ -71,6 +74,8 @@ def needs_gpu(name: str) -> bool:
 def build_guidance(cfg: Config, device: torch.device, world_bank: str | Path | None = None) -> Guidance:
     """The guidance model named by `cfg.guidance.name`, on `device`, frozen. `world_bank` is the closed-form world
     prior's rendered bank (the `world_bank` rule's output); without it the bank is rendered in memory."""
+    from pipeline.guidance.base import pick_dtype
+
     g = cfg.guidance
     guidance = GUIDANCE.get(g.name)(cfg, device, pick_dtype(g.dtype, device), world_bank)
     if g.name == "world":  # the closed-form prior has no U-Net to compile
@@ -81,6 +86,10 @@ def build_guidance(cfg: Config, device: torch.device, world_bank: str | Path | N
 def compile_unet(guidance: Guidance, mode: str, device: torch.device) -> Guidance:
     """Apply `guidance.compile` to a diffusers prior's U-Net: off, default (torch.compile) or reduce-overhead
     (torch.compile with CUDA graphs, which exist only on CUDA devices)."""
+    import torch
+
+    from pipeline.guidance.base import GuidanceLoadError
+
     if mode == "off":
         return guidance
     if mode == "reduce-overhead" and device.type != "cuda":
@@ -90,3 +99,12 @@ def compile_unet(guidance: Guidance, mode: str, device: torch.device) -> Guidanc
         )
     guidance.unet = torch.compile(guidance.unet, mode=None if mode == "default" else mode)
     return guidance
+
+
+def __getattr__(name: str) -> Any:
+    """`Guidance` and `GuidanceLoadError` from base.py (which imports torch), loaded on first use."""
+    if name in ("Guidance", "GuidanceLoadError"):
+        from pipeline.guidance import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'pipeline.guidance' has no attribute {name!r}")

@@ -33,6 +33,7 @@ from pipeline.config import load as load_config
 from pipeline.guidance.base import Guidance, GuidanceLoadError
 from pipeline.io import atomic_write
 from pipeline.prompts import normalize
+from pipeline.world.bank_id import BANK_MODES, bank_digest, bank_settings  # noqa: F401  (re-exported)
 from pipeline.world.scenes import (
     CAPTIONS,
     COLOURS,
@@ -44,39 +45,6 @@ from pipeline.world.scenes import (
     render_shape,
     view_index,
 )
-
-BANK_MODES = ("albedo", "lit")
-"""Shading modes in the bank by default (`world.bank_modes`): what objects of the world look like (textureless
-renders are not images of a "red cube"; SDS on a textureless render therefore pushes geometry, as in the paper)."""
-
-
-LATER_KEYS = (("world", "bank_modes", list(BANK_MODES)), ("camera", "light_perturb", 1.0))
-"""Bank settings added after banks were built: left out of the bank's name while they hold their default."""
-
-
-def bank_settings(cfg: Config) -> dict:
-    """Everything the bank depends on; its hash names the bank file."""
-    data = cfg.to_dict()
-    world = {k: v for k, v in data["world"].items() if k != "background"}  # background: a prior setting
-    for section, key, default in LATER_KEYS:  # at their defaults, the banks built before them keep their names
-        if data[section][key] == default:
-            del (world if section == "world" else data[section])[key]
-    return {
-        "world": world,
-        "camera": data["camera"],
-        "shading": {"ambient": cfg.shading.ambient, "diffuse": cfg.shading.diffuse},
-        "render": {
-            "samples": cfg.render.samples,
-            "background_color": cfg.render.background_color,
-            "normal_eps": cfg.render.normal_eps,
-        },
-        "bound": cfg.nerf.bound,
-        "version": 2,  # 2: opacity and background colour stored
-    }
-
-
-def bank_digest(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(bank_settings(cfg), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def linear_alphas_cumprod(T: int = 1000) -> Tensor:
