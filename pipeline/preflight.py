@@ -11,7 +11,6 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.guidance import GUIDANCE, needs_gpu
-from pipeline.guidance.loading import download_patterns, is_local
 
 LICENCES = {
     "DeepFloyd/": "accept the licence at https://huggingface.co/DeepFloyd/IF-I-XL-v1.0 (logged in), then "
@@ -21,6 +20,8 @@ LICENCES = {
 
 def _cached(model: str) -> bool:
     """A hub model's model_index.json is in the local cache (or `model` is a local pipeline directory)."""
+    from pipeline.guidance.loading import is_local  # torch: only where a GPU preset is checked
+
     if is_local(model):
         return (Path(model).expanduser() / "model_index.json").is_file()
     from huggingface_hub import try_to_load_from_cache
@@ -30,6 +31,8 @@ def _cached(model: str) -> bool:
 
 def weights_problem(cfg: Config) -> str | None:
     """What is missing for the variant's guidance weights, with the command that fetches them (None if present)."""
+    from pipeline.guidance.loading import download_patterns, is_local
+
     g = cfg.guidance
     model = g.model or GUIDANCE.prop(g.name, "default_model")
     if _cached(model):
