@@ -321,6 +321,29 @@ class TrainConfig:
 
 
 @dataclass
+class RefineConfig:
+    """The second, sharp stage (pipeline/refine.py): the first stage's density becomes a signed-distance grid (NeuS's
+    logistic density, a surface sharp by construction) trained on by SDS with eikonal and curvature terms, in the
+    spirit of Magic3D's and Fantasia3D's second stages. Later stages read its model when it is on."""
+
+    enabled: bool = False
+    """Run the second stage after training; mesh, views and geometry then read `<object>/refined/model.safetensors`."""
+    steps: int = field(default=200, metadata=_range(1, MAX_STEPS))
+    """SDS steps of the second stage."""
+    lr: float = field(default=0.001, metadata=_range(0.0, lo_open=True))
+    """Peak Adam learning rate: a distance grid's step (each node moves about this much a step; larger steps turn SDS
+    noise into crumples on a sharp surface, docs/recipe.md)."""
+    sdf_width: Scheduled = field(default_factory=lambda: [0, 0.02, 0.01, 100])
+    """The logistic width, annealed from the initial distance's blur towards the world's 0.01."""
+    eikonal_weight: Scheduled = 0.1
+    """Keeps the grid a distance, so the width means what it says."""
+    curvature_weight: Scheduled = 0.01
+    """Squared Laplacian of the distance near the surface (flat faces stay flat, crumples are smoothed)."""
+    render_resolution: int = field(default=0, metadata=_range(0, MAX_PIXELS))
+    """Render side of the second stage (0 = render.resolution)."""
+
+
+@dataclass
 class MeshConfig:
     resolution: int = field(default=0, metadata=_range(0, 512))
     """Marching-cubes grid per axis (0 = 256 on a GPU, 128 on a CPU)."""
@@ -422,6 +445,8 @@ class Config:
     """Shading modes and their probabilities."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    """The second, sharp stage."""
     mesh: MeshConfig = field(default_factory=MeshConfig)
     """Mesh extraction."""
     views: ViewsConfig = field(default_factory=ViewsConfig)
@@ -460,8 +485,12 @@ class Config:
         return d
 
     def digest(self) -> str:
-        """Short hash of the resolved values (sweep excluded): identifies what produced a result."""
+        """Short hash of the resolved values (sweep excluded): identifies what produced a result. The second stage's
+        settings (`refine`) are left out: they do not change the first stage's objects, so switching the second
+        stage on retrains nothing; its own config (pipeline.refine.refine_config) carries them into its field and
+        optimisation, and so into its digest."""
         d = self.resolved()
+        d.pop("refine")
         d.pop("sweep")
         d.pop("ablation")
         d.pop("study")

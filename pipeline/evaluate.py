@@ -34,7 +34,7 @@ from torch import Tensor
 from pipeline.clip_loader import import_clip, preprocess
 from pipeline.config import Config
 from pipeline.config import load as load_config
-from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.io import atomic_write_json, atomic_write_text, located_os_errors
 from pipeline.prompts import PromptFileError, normalize, read_prompts_json
 from pipeline.records import RecordError
 
@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        run_evaluation(args)
+        with located_os_errors():
+            run_evaluation(args)
     except EvaluationError as exc:
         raise SystemExit(f"error: {exc}") from None
 

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from pipeline.config import Config
-from pipeline.io import atomic_write_json
+from pipeline.io import atomic_write_json, located_os_errors
 from pipeline.metrics import GEOMETRY as METRICS
 
 GRID = 64
@@ -218,8 +218,12 @@ def export_agreement(views_path: Path) -> dict[str, float | None]:
     return {k: found.get(k) for k in AGREEMENT}
 
 
-def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[str, Any]:
-    """Every measure for one trained world object (see the module docstring)."""
+def score_object(
+    model_path: Path, mesh_path: Path, views_path: Path, first_stage: Path | None = None
+) -> dict[str, Any]:
+    """Every measure for one trained world object (see the module docstring). For a second-stage object
+    (`first_stage`: the first stage's model) the first stage's volume measures go beside them (`first_stage`), and
+    the untrained init the gain is measured from is the first stage's."""
     from pipeline.nerf.cameras import orbit_cameras
     from pipeline.nerf.model import load_model
     from pipeline.world.scenes import parse_caption
@@ -233,6 +237,14 @@ def score_object(model_path: Path, mesh_path: Path, views_path: Path) -> dict[st
         out: dict[str, Any] = field_scores(model.field, cfg, shape, int(ident["seed"]))
     except GeometryError as exc:
         raise GeometryError(f"{model_path}: {exc}") from None
+    if first_stage is not None:
+        first, first_cfg, _ = load_model(first_stage)
+        try:
+            before = field_scores(first.field, first_cfg, shape, int(ident["seed"]))
+        except GeometryError as exc:
+            raise GeometryError(f"{first_stage}: {exc}") from None
+        out["first_stage"] = {k: before[k] for k in ("iou", "fog", "iou_scaled", "scale", "threshold")}
+        out.update(init_iou=before["init_iou"], init_fog=before["init_fog"], iou_gain=out["iou"] - before["init_iou"])
 
     import open3d as o3d
 
@@ -265,16 +277,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--mesh", required=True)
     ap.add_argument("--views", required=True)
+    ap.add_argument("--first-stage", default=None, help="the first stage's model.safetensors of a refined object")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     from pipeline.nerf.model import ModelFileError
     from pipeline.records import RecordError
 
     try:
-        result = score_object(Path(args.model), Path(args.mesh), Path(args.views))
+        with located_os_errors():
+            first = Path(args.first_stage) if args.first_stage else None
+            result = score_object(Path(args.model), Path(args.mesh), Path(args.views), first)
+            atomic_write_json(args.out, result)
     except (GeometryError, ModelFileError, RecordError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in METRICS}))
 
 

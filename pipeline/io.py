@@ -87,3 +87,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def located_os_errors() -> Iterator[None]:
+    """A stage's command-line body: a full disk, a read-only or missing folder ends it with one line naming the file
+    and the fix instead of a traceback (its outputs are written atomically, so nothing half-written is left)."""
+    import errno
+
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        fix = {
+            errno.ENOSPC: "the disk is full: free space and run again",
+            errno.EDQUOT: "the disk quota is used up: free space and run again",
+            errno.EROFS: "the file system is read-only: choose a writable results folder",
+            errno.EACCES: "permission denied: fix the folder's permissions and run again",
+            errno.EPERM: "permission denied: fix the folder's permissions and run again",
+        }.get(exc.errno, f"{exc.strerror or exc}; check the path and run again")
+        raise SystemExit(f"error: {where}{fix}") from None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
-from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
+from pipeline.io import atomic_path, atomic_write_json, atomic_write_text, located_os_errors
 from pipeline.nerf.field import Field
 
 EMPTY_PLY = (
@@ -39,7 +39,10 @@ class NonFiniteField(ValueError):
 
 
 def default_threshold(cfg: Config) -> float:
-    """σ such that a slab of thickness bound/4 (1/8 of the box) has alpha 0.5."""
+    """σ such that a slab of thickness bound/4 (1/8 of the box) has alpha 0.5; for a signed-distance field
+    (`density_activation: sdf`) its zero level, σ = density_max / 2, where its surface is."""
+    if cfg.nerf.density_activation == "sdf":
+        return cfg.nerf.density_max / 2
     return math.log(2.0) / (cfg.nerf.bound / 4)
 
 
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.nerf.model import ModelFileError
 
     try:
-        info = run(args.model, args.out_dir)
+        with located_os_errors():
+            info = run(args.model, args.out_dir)
     except NonFiniteField as exc:
         raise SystemExit(f"error: {args.model}: {exc}") from None
     except ModelFileError as exc:

@@ -238,6 +238,11 @@ class Target:
     text: str
     seed: int
     out: Path
+    init: Callable[[], Model] | None = None
+    """The model training starts from (default: `initial_model` of the seed), e.g. the first stage's object."""
+    init_digest: str = ""
+    """What `init` starts from (a file's sha256), part of the checkpoint identity: a checkpoint started from another
+    first stage is not resumed."""
 
 
 @dataclass
@@ -457,6 +462,8 @@ def _start_run(cfg: Config, target: Target, guidance: Guidance, device: torch.de
     final outputs restored from the checkpoint folder)."""
     _require_writable(target.out)
     ident = identity(cfg, target.prompt_id, target.text, target.seed)
+    if target.init_digest:
+        ident["init"] = target.init_digest
     ckpt_dir = target.out / "checkpoint"
     for folder in (target.out, ckpt_dir, target.out / "previews"):
         remove_stale_temps(folder)  # left by a job killed mid-write; this job is the folder's only writer
@@ -465,7 +472,7 @@ def _start_run(cfg: Config, target: Target, guidance: Guidance, device: torch.de
     if restored is not None:
         return restored
     torch.manual_seed(target.seed)
-    model = initial_model(cfg, target.seed).to(device)
+    model = (target.init() if target.init else initial_model(cfg, target.seed)).to(device)
     opt = optimizer(cfg, model)
     start = load_checkpoint(ckpt_dir, model, opt, ident, cfg.train.steps)
     schedule = TimestepSchedule(cfg.schedule, guidance.alphas_cumprod, cfg.train.steps)

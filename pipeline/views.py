@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pipeline.config import Config
-from pipeline.io import atomic_path, atomic_write, atomic_write_json
+from pipeline.io import atomic_path, atomic_write, atomic_write_json, located_os_errors
 from pipeline.nerf.cameras import Cameras, orbit_cameras, rays
 from pipeline.nerf.model import Model, ModelFileError, load_model
 from pipeline.nerf.renderer import Shading, render_chunked
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     try:
-        info = run(args.model, args.mesh, args.out_dir, glb_path=args.glb)
+        with located_os_errors():
+            info = run(args.model, args.mesh, args.out_dir, glb_path=args.glb)
     except ModelFileError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps(info))

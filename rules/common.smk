@@ -160,3 +160,15 @@ def train_inputs(wildcards):
         "guidance": guidance_files(wildcards.variant),
         "code": TRAIN_CODE,
     }
+
+
+def final_model(wildcards):
+    """The object later stages read: the second stage's model when the variant refines, else the first's."""
+    name = "refined/model.safetensors" if VARIANTS[wildcards.variant].refine.enabled else "model.safetensors"
+    return os.path.join(OBJ.format(**wildcards), name)
+
+
+def first_stage(wildcards):
+    """The first stage's model, for geometry's side-by-side scores, when the variant refines."""
+    refines = VARIANTS[wildcards.variant].refine.enabled
+    return [os.path.join(OBJ.format(**wildcards), "model.safetensors")] if refines else []

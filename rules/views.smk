@@ -2,7 +2,7 @@ rule mesh:
     """Marching cubes + open3d clean-up → mesh.ply (vertex colours), mesh.glb and mesh.obj/.mtl + texture.png (UV
     texture baked from the field's albedo), mesh.json (an empty field is recorded, not fatal)."""
     input:
-        model=f"{OBJ}/model.safetensors",
+        model=final_model,
         code=code("pipeline.mesh"),
     output:
         ply=f"{OBJ}/mesh.ply",
@@ -22,7 +22,7 @@ rule views:
     """Evaluation views, the exported mesh's agreement with the field (silhouette, colour), turntable (mp4, gif) and
     contact sheet."""
     input:
-        model=f"{OBJ}/model.safetensors",
+        model=final_model,
         mesh=f"{OBJ}/mesh.ply",
         glb=f"{OBJ}/mesh.glb",
         code=code("pipeline.views"),
@@ -46,17 +46,20 @@ rule views:
 rule geometry:
     """Geometry against the truth (bundled world): 3D IoU, fog, Chamfer, normal consistency, silhouette IoU."""
     input:
-        model=f"{OBJ}/model.safetensors",
+        model=final_model,
         mesh=f"{OBJ}/mesh.ply",
         views=f"{OBJ}/views.npz",
         agreement=f"{OBJ}/views.json",
+        first=first_stage,
         code=code("pipeline.geometry"),
     output:
         f"{OBJ}/geometry.json",
+    params:
+        first=lambda w, input: ["--first-stage", input.first] if input.first else [],
     log:
         f"{RESULTS}/logs/geometry/{{variant}}/{{pid}}-seed{{seed}}.log",
     conda:
         "../envs/dreamfusion.yaml"
     shell:
         stage("pipeline.geometry") + " --model {input.model:q} --mesh {input.mesh:q}"
-        " --views {input.views:q} --out {output:q} > {log:q} 2>&1"
+        " --views {input.views:q} {params.first:q} --out {output:q} > {log:q} 2>&1"

@@ -429,3 +429,60 @@ def test_a_password_in_the_tracking_uri_never_reaches_a_file(tmp_path):
     assert "live MLflow logging to http://127.0.0.1:9 disabled" in proc.stderr
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and b"s3cr3t-planted" in p.read_bytes()]
     assert leaks == [] and "s3cr3t-planted" not in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def small_object(tmp_path_factory):
+    """A tiny trained object with its mesh and views, as the workflow leaves them."""
+    from pipeline.mesh import main as mesh_main
+    from pipeline.views import main as views_main
+    from tests.test_workflow import TINY as WORKFLOW_TINY
+
+    out = tmp_path_factory.mktemp("object")
+    cfg = from_dict({**WORKFLOW_TINY, "sweep": {}, "tracking": {"enabled": False}})
+    from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
+
+    train(cfg, "a-red-cube", "a red cube.", 0, out, ClosedFormWorldPrior(generate_bank(cfg), torch.device("cpu")))
+    mesh_main(["--model", str(out / "model.safetensors"), "--out-dir", str(out)])
+    views_main(["--model", str(out / "model.safetensors"), "--mesh", str(out / "mesh.ply"), "--out-dir", str(out)])
+    return out
+
+
+@pytest.mark.parametrize("stage", ["mesh", "views", "geometry"])
+def test_a_full_disk_or_a_blocked_folder_ends_a_stage_with_one_line(small_object, tmp_path, monkeypatch, stage):
+    """ENOSPC while a stage writes, or a file where its output folder should be: one line naming the file and the
+    fix, exit code 1, no traceback, nothing half-written."""
+    import importlib
+
+    module = importlib.import_module(f"pipeline.{stage}")
+    model = str(small_object / "model.safetensors")
+    args = {
+        "mesh": lambda out: ["--model", model, "--out-dir", str(out)],
+        "views": lambda out: ["--model", model, "--mesh", str(small_object / "mesh.ply"), "--out-dir", str(out)],
+        "geometry": lambda out: [
+            "--model",
+            model,
+            "--mesh",
+            str(small_object / "mesh.ply"),
+            "--views",
+            str(small_object / "views.npz"),
+            "--out",
+            str(out / "geometry.json"),
+        ],
+    }[stage]
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(module, "atomic_write_json", full)
+    with pytest.raises(SystemExit) as exc:
+        module.main(args(tmp_path / "full"))
+    assert str(exc.value).startswith("error: ") and "the disk is full: free space and run again" in str(exc.value)
+    assert "\n" not in str(exc.value)
+    monkeypatch.undo()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(SystemExit) as exc:
+        module.main(args(blocker / "out"))
+    assert str(exc.value).startswith(f"error: {blocker}") and "check the path and run again" in str(exc.value)
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
