@@ -341,6 +341,9 @@ class RefineConfig:
     """Squared Laplacian of the distance near the surface (flat faces stay flat, crumples are smoothed)."""
     render_resolution: int = field(default=0, metadata=_range(0, MAX_PIXELS))
     """Render side of the second stage (0 = render.resolution)."""
+    t_max: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    """Upper bound of the second stage's timesteps as a fraction of T (0 = schedule.t_max): the refinement only
+    sharpens, so the peers keep t low (threestudio's magic3d-refine-sd: 0.5)."""
 
 
 @dataclass

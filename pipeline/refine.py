@@ -65,6 +65,8 @@ def refine_config(cfg: Config) -> Config:
         orientation_weight=0.0,  # normals come from the distance itself
     )
     d["shading"]["albedo_steps"] = 0
+    if r.t_max:
+        d["schedule"].update(name="uniform", t_max=r.t_max)
     if r.render_resolution:
         d["render"]["resolution"] = r.render_resolution
     d["refine"]["enabled"] = False
