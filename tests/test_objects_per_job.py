@@ -166,7 +166,8 @@ def test_objects_per_job_forms_jobs_and_changes_no_result():
     with pytest.raises(ConfigError, match=r"ablation.big.train.objects_per_job: it forms the jobs"):
         from_dict({"ablation": {"big": {"train.objects_per_job": 4}}})
     with pytest.raises(ConfigError, match=r"train.objects_per_job"):
-        from_dict({"train": {"objects_per_job": 0}})
+        from_dict({"train": {"objects_per_job": -1}})
+    assert from_dict({"train": {"objects_per_job": 0}}).train.objects_per_job == 0  # auto
 
 
 def test_the_workflow_groups_objects_into_jobs(workdir):
@@ -185,3 +186,19 @@ def test_the_workflow_groups_objects_into_jobs(workdir):
             for f in out.split(", ")
         )
     assert dry.count("python -m pipeline.train") == 3 and "--prompt-id" in dry
+
+
+def test_auto_splits_the_worlds_objects_over_the_cores(workdir):
+    """params.yaml's objects_per_job: 0 (auto): 8 world objects on 2 cores train in 2 jobs of 4, on 8 cores in 8 jobs
+    of 1; a learned prior keeps one object a job."""
+    from tests.conftest import run_snakemake
+
+    def jobs(*args):
+        out = run_snakemake(workdir, "-n", *args).stdout
+        table = out[out.index("Job stats:") : out.index("total", out.index("Job stats:"))]
+        return {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
+
+    two = jobs()
+    assert two.get("train_job0") == 1 and two.get("train_job1") == 1 and "train" not in two
+    assert jobs("--cores", "8").get("train") == 8
+    assert jobs("--config", 'guidance={"name": "world-unet"}').get("train") == 8

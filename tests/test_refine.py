@@ -84,3 +84,20 @@ def test_the_second_stage_started_from_the_true_primitive_stays_there(tmp_path):
     assert saved_cfg == cfg and ident["init"] == "x"
     scores = shape_scores(cfg, model, "a green cube.")
     assert scores["iou"] >= 0.95 and scores["fog"] < 0.01, scores
+
+
+def test_the_workflow_refines_each_object_and_later_stages_read_the_second_stage(workdir):
+    """refine.enabled adds one refine job per object; mesh, views and geometry then read refined/model.safetensors,
+    and geometry gets the first stage beside it. Off (the default), nothing changes."""
+    import re
+
+    from tests.conftest import run_snakemake
+
+    on = run_snakemake(workdir, "-n", "-p", "--config", 'refine={"enabled": true}').stdout
+    assert len(re.findall(r"^rule refine:", on, re.M)) == 8
+    assert on.count("python -m pipeline.refine") == 8
+    meshes = re.findall(r"python -m pipeline\.mesh --model (\S+)", on)
+    assert len(meshes) == 8 and all(m.endswith("/refined/model.safetensors") for m in meshes)
+    assert len(re.findall(r"python -m pipeline\.geometry .*--first-stage \S+/seed0/model\.safetensors", on)) == 8
+    off = run_snakemake(workdir, "-n", "-p").stdout
+    assert "rule refine:" not in off and "refined/" not in off
