@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from pipeline.config import Config, ConfigError, from_dict
 from pipeline.config import load as load_config
@@ -184,11 +183,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {exc}") from None
     for m in metrics:
         print(json.dumps({k: m[k] for k in ("prompt", "final_loss", "wall_seconds", "steps_per_second")}))
-
-
-def refined_distance(model: Model) -> Tensor:
-    """The distance grid of a second-stage model (for tests and probes)."""
-    return model.field._node_distance()
 
 
 if __name__ == "__main__":

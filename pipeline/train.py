@@ -457,6 +457,11 @@ def train(
     return train_many(cfg, [target], guidance, [on_step], stop_after, device)[0]
 
 
+def _final_record(cfg: Config, ident: dict[str, Any]) -> dict[str, Any]:
+    """What a kept final model must match to be restored instead of retrained: the run's identity and the code."""
+    return {**ident, "steps": cfg.train.steps, "code_digest": code_digest()}
+
+
 def _start_run(cfg: Config, target: Target, guidance: Guidance, device: torch.device) -> Run | dict[str, Any]:
     """One object's optimiser state, resumed from its checkpoint; or its metrics when it had already finished (its
     final outputs restored from the checkpoint folder)."""
@@ -467,8 +472,7 @@ def _start_run(cfg: Config, target: Target, guidance: Guidance, device: torch.de
     ckpt_dir = target.out / "checkpoint"
     for folder in (target.out, ckpt_dir, target.out / "previews"):
         remove_stale_temps(folder)  # left by a job killed mid-write; this job is the folder's only writer
-    final_record = {**ident, "steps": cfg.train.steps, "code_digest": code_digest()}
-    restored = restore_final(ckpt_dir, target.out, final_record)
+    restored = restore_final(ckpt_dir, target.out, _final_record(cfg, ident))
     if restored is not None:
         return restored
     torch.manual_seed(target.seed)
@@ -488,8 +492,7 @@ def _finish(run: Run, wall: float, objects: int, started_at: float) -> dict[str,
     metrics |= {"started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
     save_model(out / "model.safetensors", run.model, run.cfg, run.ident)
     atomic_write_json(out / "metrics.json", metrics)
-    final_record = {**run.ident, "steps": run.cfg.train.steps, "code_digest": code_digest()}
-    keep_final(run.ckpt_dir, out, final_record)
+    keep_final(run.ckpt_dir, out, _final_record(run.cfg, run.ident))
     return metrics
 
 
