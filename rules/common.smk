@@ -103,9 +103,8 @@ def train_threads(wildcards):
 def job_size():
     """train.objects_per_job, with 0 (auto) resolved: the closed-form world prior gives bit-identical objects in any
     grouping, so its objects split evenly over the cores; any other prior trains one object a job."""
-    per_job, objects = CFG.train.objects_per_job, len(PROMPT_IDS) * len(SEEDS)
-    if per_job:
-        return per_job
+    if CFG.train.objects_per_job:
+        return CFG.train.objects_per_job
     from pipeline.preflight import cluster_executor
 
     cores = workflow.resource_settings.cores
@@ -114,14 +113,13 @@ def job_size():
     # cluster jobs re-read this file with their own --cores: there, and in the process submitting them, one a job
     if not workflow.is_main_process or cluster_executor(sys.argv, os.environ):
         return 1
-    return max(1, -(-objects // cores))
+    return max(1, -(-len(PROMPT_IDS) * len(SEEDS) // cores))
 
 
 JOB_SIZE = job_size()
-OBJECT_JOBS = [  # (prompt id, seed) groups of JOB_SIZE, each trained by one job (rules/train.smk)
-    [(p, s) for p in PROMPT_IDS for s in SEEDS][i : i + JOB_SIZE]
-    for i in range(0, len(PROMPT_IDS) * len(SEEDS), JOB_SIZE)
-]
+_PAIRS = [(p, s) for p in PROMPT_IDS for s in SEEDS]
+OBJECT_JOBS = [_PAIRS[i : i + JOB_SIZE] for i in range(0, len(_PAIRS), JOB_SIZE)]
+"""(prompt id, seed) groups of JOB_SIZE, each trained by one job (rules/train.smk)."""
 
 
 def objects(variant, name):
