@@ -57,6 +57,40 @@ rule train_world_unet:
         "python -m pipeline.world.unet --params {input:q} --out {params.out:q} --steps {params.steps:q} > {log:q} 2>&1"
 
 
+rule train_world_ldm:
+    """The latent prior in Stable Diffusion's layout (VAE, then the latent U-Net; checkpointed: a killed job resumes)."""
+    input:
+        ancient("params.yaml"),
+    output:
+        index="models/world-ldm/model_index.json",
+        record="models/world-ldm/train.json",
+    params:
+        out=lambda w, output: os.path.dirname(output.record),
+    log:
+        "results/world/logs/train_world_ldm.log",
+    threads: 2
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.world.ldm --params {input:q} --out {params.out:q} > {log:q} 2>&1"
+
+
+rule measure_world_ldm:
+    """The latent prior's card numbers: VAE reconstruction, DDIM samples and 2D SDS, by the world evaluator."""
+    input:
+        params=ancient("params.yaml"),
+        clip=ancient("models/world-clip/world-clip.pt"),
+        ldm=ancient(rules.train_world_ldm.output.record),
+    output:
+        "models/world-ldm/quality.json",
+    log:
+        "results/world/logs/measure_world_ldm.log",
+    conda:
+        "../envs/dreamfusion.yaml"
+    shell:
+        "python -m pipeline.world.measure --params {input.params:q} --clip {input.clip:q} --ldm $(dirname {input.ldm:q}) > {log:q} 2>&1"
+
+
 rule measure_world:
     """The quality bars of the model cards (evaluator, prior samples, 2D SDS)."""
     input:
@@ -79,3 +113,5 @@ rule bundled_models:
         rules.train_evaluator.output,
         rules.train_world_unet.output,
         rules.measure_world.output,
+        rules.train_world_ldm.output,
+        rules.measure_world_ldm.output,

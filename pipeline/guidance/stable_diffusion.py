@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.guidance.base import GuidanceLoadError
 from pipeline.guidance.diffusers_prior import DiffusersGuidance
 from pipeline.guidance.loading import load_component
 
@@ -20,6 +21,19 @@ class StableDiffusionGuidance(DiffusersGuidance):
         self.vae = load_component(self.root, "vae", self.variant, torch_dtype=dtype).to(device).eval()
         self.vae.requires_grad_(False)  # frozen, but differentiable w.r.t. its input
         self.latent_resolution = latent_resolution
+        self._check_resolution()
+
+    def _check_resolution(self) -> None:
+        """The render is resized to latent_resolution, which the VAE divides by its scale factor and the U-Net by 2
+        per down block: a size that does not divide fails (or silently crops) deep inside the first training step."""
+        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if self.latent_resolution % (vae_factor * unet_factor):
+            raise GuidanceLoadError(
+                f"guidance.latent_resolution {self.latent_resolution} does not suit {self.root}: its VAE downsamples "
+                f"{vae_factor}x and its U-Net {unet_factor}x more, so set it to a multiple of "
+                f"{vae_factor * unet_factor} (the model was trained at {self.unet.config.sample_size * vae_factor})"
+            )
 
     def encode(self, images: Tensor) -> Tensor:
         """Renders [B, 3, H, W] in [0, 1] → scaled VAE latent means [B, 4, r/8, r/8] (float32)."""

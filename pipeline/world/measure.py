@@ -11,6 +11,10 @@ For the closed-form prior (always) and, with `--unet DIR`, the learned prior (in
 
     python -m pipeline.world.measure --params params.yaml --out models/world-clip/quality.json \
         [--unet models/world-unet] [--quick]
+
+For the latent prior alone (`--ldm DIR` → DIR/quality.json; also 4. its VAE's reconstruction of held-out renders):
+
+    python -m pipeline.world.measure --params params.yaml --ldm models/world-ldm
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pipeline.config import load as load_config
 from pipeline.evaluate import ClipScorer
 from pipeline.guidance import Guidance
 from pipeline.guidance.diffusers_prior import PixelDiffusersGuidance
+from pipeline.guidance.stable_diffusion import StableDiffusionGuidance
 from pipeline.io import atomic_write_json
 from pipeline.sds2d import optimise_image
 from pipeline.world.evaluator import render_dataset
@@ -73,21 +78,48 @@ def ddim_samples(
     prior: Guidance, texts: list[str], resolution: int, steps: int = 50, seed: int = 0, scale: float = 0.0
 ) -> torch.Tensor:
     """Deterministic DDIM (η = 0); ε̂ = ε̂_c + scale (ε̂_c − ε̂_u) (scale 0: the conditional model alone). Returns
-    images in [0, 1]."""
+    images in [0, 1]; a latent prior's samples are decoded by its VAE."""
     g = torch.Generator().manual_seed(seed)
     T = prior.num_timesteps
     ts = torch.linspace(T - 1, 0, steps).round().long()
     cond, uncond = prior.embed(texts), prior.embed([""] * len(texts))
-    z = torch.randn(len(texts), 3, resolution, resolution, generator=g)
+    latent = prior.kind == "latent"
+    shape = (4, prior.unet.config.sample_size, prior.unet.config.sample_size) if latent else (3, resolution, resolution)
+    z = torch.randn(len(texts), *shape, generator=g)
     for i, t in enumerate(ts):
         tt = torch.full((len(texts),), int(t))
         eps_c, eps_u = prior.predict_noise(z.to(prior.device), tt, cond, uncond)
         eps = (eps_c + scale * (eps_c - eps_u)).float().cpu()
         ab = prior.alphas_cumprod[t].cpu()
-        x0 = ((z - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+        x0 = (z - (1 - ab).sqrt() * eps) / ab.sqrt()
+        x0 = x0 if latent else x0.clamp(-1, 1)
         ab_next = prior.alphas_cumprod[ts[i + 1]].cpu() if i + 1 < len(ts) else torch.tensor(1.0)
         z = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+    if latent:
+        z = prior.vae.decode(z.to(prior.device, prior.dtype) / prior.vae.config.scaling_factor).sample.float().cpu()
     return (z.clamp(-1, 1) + 1) / 2
+
+
+@torch.no_grad()
+def vae_reconstruction(prior: StableDiffusionGuidance, cfg: Config, per_shape: int) -> dict[str, float]:
+    """PSNR (dB) of the VAE's reconstruction (posterior mean → decode) of held-out colour renders at the world's
+    resolution, and the std of their scaled latents (≈ 1 when scaling_factor is right, as SD's 0.18215 makes it)."""
+    data = render_dataset(cfg, per_shape, HELD_OUT_SEED)
+    images = data["images"][data["caption"] >= 0].float()
+    latents = torch.cat([prior.encode(images[i : i + 500]) for i in range(0, len(images), 500)])
+    vae = prior.vae
+    recon = torch.cat(
+        [
+            vae.decode(latents[i : i + 500].to(prior.dtype) / vae.config.scaling_factor).sample.float()
+            for i in range(0, len(latents), 500)
+        ]
+    )
+    mse = torch.mean((((recon + 1) / 2).clamp(0, 1) - images) ** 2)
+    return {
+        "psnr_db": round(float(-10 * torch.log10(mse)), 2),
+        "latent_std": round(float(latents.std()), 4),
+        "n": len(images),
+    }
 
 
 def prior_bars(
@@ -127,11 +159,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="models/world-clip/quality.json")
     ap.add_argument("--unet", default="", help="also measure this learned prior; writes <unet>/quality.json")
     ap.add_argument("--unet-scales", default="10,30", help="guidance.scale values for the learned prior's 2D SDS")
+    ap.add_argument("--ldm", default="", help="measure only this latent prior; writes <ldm>/quality.json")
+    ap.add_argument("--ldm-scales", default="10,100", help="guidance.scale values for the latent prior's 2D SDS")
     ap.add_argument("--quick", action="store_true", help="small samples (the slow test uses this)")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
     scorer = ClipScorer(args.clip, torch.device("cpu"))
     t0 = time.time()
+    if args.ldm:
+        prior = StableDiffusionGuidance(args.ldm, torch.device("cpu"), torch.float32, cfg.world.resolution)
+        latent: dict = {"vae_reconstruction": vae_reconstruction(prior, cfg, 40 if args.quick else 200)}
+        for scale in [float(s) for s in args.ldm_scales.split(",")]:
+            cfg.guidance.scale = scale
+            bars = prior_bars(prior, cfg, scorer, args.quick, ddim_scales=(0.0, 3.0) if len(latent) == 1 else ())
+            latent.update({k: v for k, v in bars.items() if k != "sds2d"})
+            latent[f"sds2d_w{scale:g}"] = bars["sds2d"]
+        latent["seconds"] = round(time.time() - t0, 1)
+        atomic_write_json(Path(args.ldm) / "quality.json", latent)
+        print(json.dumps(latent, indent=1))
+        return
     report: dict = {"evaluator": evaluator_bars(cfg, scorer, 40 if args.quick else 200)}
     closed = prior_bars(ClosedFormWorldPrior(generate_bank(cfg), torch.device("cpu")), cfg, scorer, args.quick)
     report["closed_form_prior_ddim50"] = closed["ddim50"]
