@@ -236,7 +236,8 @@ def load_views(npz: Path) -> dict[str, Tensor]:
 
 
 def collect_geometry(files: list[Path]) -> dict[str, Any]:
-    """Per-object geometry.json files (pipeline.geometry) → {"objects": [...], "summary": {metric: mean}}."""
+    """Per-object geometry.json files (pipeline.geometry) → {"objects": [...], "summary": {metric: mean}}. Objects
+    refined by a second stage carry their first stage's volume measures; their means are `summary["first_stage"]`."""
     from pipeline.metrics import GEOMETRY as METRICS
     from pipeline.records import read_geometry
 
@@ -248,6 +249,11 @@ def collect_geometry(files: list[Path]) -> dict[str, Any]:
     for k in METRICS:
         vals = [o[k] for o in objects if o.get(k) is not None]
         summary[k] = float(np.mean(vals)) if vals else None
+    firsts = [o["first_stage"] for o in objects if isinstance(o.get("first_stage"), dict)]
+    if firsts:
+        summary["first_stage"] = {
+            k: float(np.mean([f[k] for f in firsts if f.get(k) is not None])) for k in ("iou", "fog", "iou_scaled")
+        }
     return {"objects": objects, "summary": summary}
 
 

@@ -46,6 +46,8 @@ def check_geometry(g: Any, path: Path, where: str = "") -> None:
     for m in METRICS:
         if m.source == "geometry" and m.key in g:
             _check(path, f"{where}{m.key}", g[m.key], *m.valid, optional=True)
+    if "first_stage" in g:  # a refined object's first-stage measures: the same ranges
+        check_geometry(g["first_stage"], path, f"{where}first_stage.")
 
 
 def read_geometry(path: str | Path) -> dict[str, Any]:

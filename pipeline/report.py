@@ -108,6 +108,9 @@ def table_md(
             if "geometry" in ev:
                 g = ev["geometry"]["summary"]
                 md.append(f"| ours: {v} | " + " | ".join(_num(g.get(k)) for k in GEOMETRY) + " |")
+                if isinstance(g.get("first_stage"), dict):  # refined objects: the NeRF stage's values beside them
+                    first = g["first_stage"]
+                    md.append(f"| ours: {v}, first stage | " + " | ".join(_num(first.get(k)) for k in GEOMETRY) + " |")
     md += [
         "",
         "## DreamFusion Table 1 (quoted from the paper, 153 COCO captions, not measured here)",

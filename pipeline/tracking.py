@@ -259,7 +259,9 @@ def _log_evaluation(client, parent: str, runs: dict[tuple[str, int], str], resul
             summary.append(Metric(f"rprecision.{_short(clip)}.{mode}", float(v["r_precision"]), ts, 0))
             summary.append(Metric(f"rprecision_stderr.{_short(clip)}.{mode}", float(v["stderr"]), ts, 0))
     for k, v in result.get("geometry", {}).get("summary", {}).items():
-        if v is not None:
+        if isinstance(v, dict):  # a second stage's run: the first stage's means as geometry.first_stage.<measure>
+            summary += [Metric(f"geometry.{k}.{m}", float(x), ts, 0) for m, x in v.items() if x is not None]
+        elif v is not None:
             summary.append(Metric(f"geometry.{k}", float(v), ts, 0))
     log_metrics(client, parent, summary)
     per_run: dict[str, list] = {}

@@ -101,3 +101,29 @@ def test_the_workflow_refines_each_object_and_later_stages_read_the_second_stage
     assert len(re.findall(r"python -m pipeline\.geometry .*--first-stage \S+/seed0/model\.safetensors", on)) == 8
     off = run_snakemake(workdir, "-n", "-p").stdout
     assert "rule refine:" not in off and "refined/" not in off
+
+
+def test_the_report_puts_the_first_stage_beside_the_refined_objects(tmp_path):
+    """geometry.json of refined objects carries the first stage's measures: their means reach the summary, table.md
+    has a first-stage row under the variant's, MLflow gets geometry.first_stage.<measure>; out-of-range values are
+    refused like the top-level ones."""
+    import json
+
+    from pipeline.evaluate import collect_geometry
+    from pipeline.records import RecordError
+    from pipeline.report import table_md
+
+    files = []
+    for i, (iou, first) in enumerate([(0.7, 0.6), (0.5, 0.6)]):
+        f = tmp_path / f"p{i}" / "seed0" / "geometry.json"
+        f.parent.mkdir(parents=True)
+        f.write_text(json.dumps({"iou": iou, "fog": 0.0, "first_stage": {"iou": first, "fog": 0.1, "iou_scaled": 0.7}}))
+        files.append(f)
+    geo = collect_geometry(files)
+    assert geo["summary"]["iou"] == pytest.approx(0.6)
+    assert geo["summary"]["first_stage"] == pytest.approx({"iou": 0.6, "fog": 0.1, "iou_scaled": 0.7})
+    md = table_md({"v": {"models": {}, "retrieval_set_size": 36, "geometry": geo}}, [], True, None)
+    assert "| ours: v | 0.600 | 0.000 |" in md and "| ours: v, first stage | 0.600 | 0.100 |" in md
+    files[0].write_text(json.dumps({"iou": 0.7, "first_stage": {"iou": 7.5}}))
+    with pytest.raises(RecordError, match=r"first_stage\.iou"):
+        collect_geometry(files)
