@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet", default="", help="also measure this learned prior; writes <unet>/quality.json")
     ap.add_argument("--unet-scales", default="10,30", help="guidance.scale values for the learned prior's 2D SDS")
     ap.add_argument("--ldm", default="", help="measure only this latent prior; writes <ldm>/quality.json")
-    ap.add_argument("--ldm-scales", default="10,100", help="guidance.scale values for the latent prior's 2D SDS")
+    ap.add_argument("--ldm-scales", default="7.5,25,100", help="guidance.scale values for the latent prior's 2D SDS")
     ap.add_argument("--quick", action="store_true", help="small samples (the slow test uses this)")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
