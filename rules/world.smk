@@ -58,7 +58,7 @@ rule train_world_unet:
 
 
 rule train_world_ldm:
-    """The latent prior in Stable Diffusion's layout (VAE, then the latent U-Net; checkpointed: a killed job resumes)."""
+    """The latent prior in the Stable Diffusion layout (VAE, then the latent U-Net; checkpointed: a killed job resumes)."""
     input:
         ancient("params.yaml"),
     output:
@@ -76,7 +76,7 @@ rule train_world_ldm:
 
 
 rule measure_world_ldm:
-    """The latent prior's card numbers: VAE reconstruction, DDIM samples and 2D SDS, by the world evaluator."""
+    """The card numbers of the latent prior: VAE reconstruction, DDIM samples and 2D SDS, by the world evaluator."""
     input:
         params=ancient("params.yaml"),
         clip=ancient("models/world-clip/world-clip.pt"),
