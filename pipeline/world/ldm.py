@@ -108,6 +108,51 @@ def bank_latents(vae: AutoencoderKL, images: torch.Tensor, batch: int = 512) -> 
     return torch.cat(means), torch.cat(stds)
 
 
+def _vae_step(vae: AutoencoderKL, opt, images: torch.Tensor, batch: int, kl_weight: float, g) -> float:
+    """One VAE step: reconstruction MSE of a posterior sample + kl_weight · KL per latent element; returns the MSE."""
+    x = images[torch.randint(0, len(images), (batch,), generator=g)]
+    d = vae.encode(x).latent_dist
+    z = d.mean + d.std * torch.randn(d.mean.shape, generator=g)
+    recon = F.mse_loss(vae.decode(z).sample, x)
+    kl = d.kl().mean() / d.mean[0].numel()
+    loss = recon + kl_weight * kl
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return recon.item()
+
+
+def _unet_step(unet, text, opt, sched, latents: tuple, ids: tuple, batch: int, g) -> float:
+    """One U-Net step on scaled posterior samples of bank latents (`latents` = mean, std, scale) with the caption
+    drop-outs (`ids` = with view suffix, without, empty); returns the ε-MSE."""
+    (mean, std, scale), (ids_suffixed, ids_base, empty) = latents, ids
+    idx = torch.randint(0, len(mean), (batch,), generator=g)
+    u = torch.rand(batch, generator=g)
+    cond = torch.where((u < 0.2)[:, None], ids_base[idx], ids_suffixed[idx])
+    cond[u >= 0.9] = empty
+    z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
+    z0 = z0.contiguous(memory_format=torch.channels_last)
+    noise = torch.randn(z0.shape, generator=g)
+    t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
+    pred = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=text(cond)[0]).sample
+    loss = F.mse_loss(pred, noise)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def _bank_psnr(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """PSNR (dB, images in [0, 1]) of the VAE's reconstruction (posterior mean → decode) of ~2,000 bank images."""
+    sample = images[:: max(1, len(images) // 2000)]
+    recon = torch.cat(
+        [vae.decode(vae.encode(sample[i : i + 500]).latent_dist.mean).sample for i in range(0, len(sample), 500)]
+    )
+    mse = float(F.mse_loss(((recon + 1) / 2).clamp(0, 1), (sample + 1) / 2))
+    return round(-10 * torch.log10(torch.tensor(mse)).item(), 2)
+
+
 def train(
     params: str,
     out: Path,
@@ -130,7 +175,7 @@ def train(
     images = bank["images"].float() / 127.5 - 1
     tok_src = out.parent / f".{out.name}.tokenizer"
     tok = clip_tokenizer(tok_src, max_length=MAX_TOKENS)
-    ids_suffixed, ids_base, empty = _caption_ids(tok, bank)
+    ids = _caption_ids(tok, bank)  # with view suffix, without, empty
     vae = build_vae(cfg.world.resolution)
     unet = build_unet(cfg.world.resolution).to(memory_format=torch.channels_last)
     text = build_pixel(cfg.world.resolution)[1]
@@ -140,57 +185,33 @@ def train(
     opt = torch.optim.AdamW([*unet.parameters(), *text.parameters()], lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     rec: dict = {"step": 0, "vae_losses": [], "losses": [], "seconds": 0.0, "scaling_factor": 0.0}
-
+    parts = {"vae": vae, "vae_opt": vae_opt, "unet": unet, "text": text, "opt": opt}
+    parts |= {"ema_unet": ema["unet"], "ema_text": ema["text"]}  # what a checkpoint holds, by key
     ckpt = _ckpt_path(out)
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)  # tensors and plain data only: never runs code
         if state["settings"] != settings:
             raise SystemExit(f"{ckpt}: checkpoint from other settings {state['settings']}; delete it to start over")
-        vae.load_state_dict(state["vae"])
-        vae_opt.load_state_dict(state["vae_opt"])
-        unet.load_state_dict(state["unet"])
-        text.load_state_dict(state["text"])
-        ema["unet"].load_state_dict(state["ema_unet"])
-        ema["text"].load_state_dict(state["ema_text"])
-        opt.load_state_dict(state["opt"])
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
         g.set_state(state["generator"])
         rec = state["record"]
         print(f"resumed from {ckpt} at step {rec['step']}", flush=True)
-
     t0 = time.time()
 
     def save_checkpoint() -> None:
-        state = {
-            "settings": settings,
-            "vae": vae.state_dict(),
-            "vae_opt": vae_opt.state_dict(),
-            "unet": unet.state_dict(),
-            "text": text.state_dict(),
-            "ema_unet": ema["unet"].state_dict(),
-            "ema_text": ema["text"].state_dict(),
-            "opt": opt.state_dict(),
-            "generator": g.get_state(),
-            "record": rec | {"seconds": rec["seconds"] + time.time() - t0},
-        }
+        state = {key: part.state_dict() for key, part in parts.items()}
+        state |= {"settings": settings, "generator": g.get_state()}
+        state["record"] = rec | {"seconds": rec["seconds"] + time.time() - t0}
         atomic_write(ckpt, lambda p: torch.save(state, p))
 
     total = vae_steps + unet_steps
     bar = tqdm(total=total, initial=rec["step"], desc="world-ldm", mininterval=5)
     while rec["step"] < vae_steps:  # phase 1: the autoencoder
-        step = rec["step"]
         for group in vae_opt.param_groups:
-            group["lr"] = learning_rate(step, vae_steps, lr)
-        x = images[torch.randint(0, len(images), (batch,), generator=g)]
-        d = vae.encode(x).latent_dist
-        z = d.mean + d.std * torch.randn(d.mean.shape, generator=g)
-        recon = F.mse_loss(vae.decode(z).sample, x)
-        kl = d.kl().mean() / d.mean[0].numel()
-        loss = recon + kl_weight * kl
-        vae_opt.zero_grad()
-        loss.backward()
-        vae_opt.step()
+            group["lr"] = learning_rate(rec["step"], vae_steps, lr)
+        rec["vae_losses"].append(_vae_step(vae, vae_opt, images, batch, kl_weight, g))
         rec["step"] += 1
-        rec["vae_losses"].append(recon.item())
         bar.update(1)
         if rec["step"] % 100 == 0:
             bar.set_postfix(vae_mse=f"{sum(rec['vae_losses'][-100:]) / 100:.5f}")
@@ -202,30 +223,17 @@ def train(
 
     vae.eval().requires_grad_(False)
     mean, std = bank_latents(vae, images)
-    scale = float(1 / mean.std())
-    rec["scaling_factor"] = scale
+    rec["scaling_factor"] = scale = float(1 / mean.std())
     vae.register_to_config(scaling_factor=scale)
 
     while rec["step"] < total:  # phase 2: the latent denoiser
         step = rec["step"] - vae_steps
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, unet_steps, lr)
-        idx = torch.randint(0, len(images), (batch,), generator=g)
-        u = torch.rand(batch, generator=g)
-        cond = torch.where((u < 0.2)[:, None], ids_base[idx], ids_suffixed[idx])
-        cond[u >= 0.9] = empty
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
-        z0 = z0.contiguous(memory_format=torch.channels_last)
-        noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
-        pred = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=text(cond)[0]).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = _unet_step(unet, text, opt, sched, (mean, std, scale), ids, batch, g)
         rec["step"] += 1
         _ema_update(ema, {"unet": unet, "text": text}, min(ema_decay, (1 + step + 1) / (10 + step + 1)))
-        rec["losses"].append(loss.item())
+        rec["losses"].append(loss)
         bar.update(1)
         if rec["step"] % 100 == 0:
             bar.set_postfix(loss=f"{sum(rec['losses'][-100:]) / 100:.4f}")
@@ -237,24 +245,10 @@ def train(
     bar.close()
     rec["seconds"] += time.time() - t0
 
-    with torch.no_grad():  # reconstruction quality of the VAE on the bank (posterior mean → decode)
-        sample = images[:: max(1, len(images) // 2000)]
-        recon = torch.cat(
-            [vae.decode(vae.encode(sample[i : i + 500]).latent_dist.mean).sample for i in range(0, len(sample), 500)]
-        )
-        mse = float(F.mse_loss(((recon + 1) / 2).clamp(0, 1), (sample + 1) / 2))
-    info = {
-        "vae_steps": vae_steps,
-        "unet_steps": unet_steps,
-        "batch": batch,
-        "seed": seed,
-        "lr": lr,
-        "kl_weight": kl_weight,
-        "ema_decay": ema_decay,
-        "scaling_factor": round(scale, 5),
-        "vae_psnr_db": round(-10 * torch.log10(torch.tensor(mse)).item(), 2),
-        "latent_shape": list(mean.shape[1:]),
-    }
+    info = dict(zip(("vae_steps", "unet_steps", "batch", "seed", "lr", "kl_weight"), settings, strict=False))
+    info["ema_decay"] = ema_decay
+    info |= {"scaling_factor": round(scale, 5), "vae_psnr_db": _bank_psnr(vae, images)}
+    info["latent_shape"] = list(mean.shape[1:])
     _export(out, vae, ema, tok, sched, info, rec)
     shutil.rmtree(tok_src, ignore_errors=True)
     ckpt.unlink(missing_ok=True)
