@@ -313,7 +313,7 @@ class TrainConfig:
     objects_per_job: int = field(default=1, metadata=_range(0, 64))
     """(prompt, seed) objects of a variant trained by one job, in one process sharing one batched guidance call per
     step (each keeps its own field, optimiser, random stream, checkpoints and outputs). 0 = auto: with the
-    closed-form world prior, whose objects come out bit-identical in any grouping, a variant's objects split evenly
+    closed-form world prior, whose objects come out the same in any grouping, a variant's objects split evenly
     over Snakemake's --cores (one job a core; the jobs share the prior's pass over its bank: 2.6 object-steps/s a core
     at 4 objects against 1.6 alone); otherwise 1. How jobs are formed, not what they compute: left out of a variant's
     resolved config and digest, so changing it retrains nothing (finished objects are restored from their

@@ -101,7 +101,7 @@ def train_threads(wildcards):
 
 
 def job_size():
-    """train.objects_per_job, with 0 (auto) resolved: the closed-form world prior gives bit-identical objects in any
+    """train.objects_per_job, with 0 (auto) resolved: the closed-form world prior gives the same objects in any
     grouping, so its objects split evenly over the cores; any other prior trains one object a job."""
     if CFG.train.objects_per_job:
         return CFG.train.objects_per_job

