@@ -100,7 +100,7 @@ def test_sds_through_the_vae_is_finite_deterministic_and_moves_toward_the_captio
     scorer = ClipScorer(str(ROOT / "models" / "world-clip" / "world-clip.pt"), torch.device("cpu"))
     txt = scorer.texts(CAPTIONS)
     red = [i for i, c in enumerate(CAPTIONS) if c.split()[1] == "red"]
-    scale = float(scorer.model.logit_scale.exp())
+    scale = float(scorer.model.logit_scale.detach().exp())
 
     def p_red(img: torch.Tensor) -> float:
         return float((scale * scorer.images(img[None]) @ txt.T).softmax(-1)[0, red].sum())
