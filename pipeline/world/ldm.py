@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import shutil
 import time
@@ -39,9 +38,9 @@ from tqdm import tqdm
 
 from pipeline.config import load as load_config
 from pipeline.guidance.tokenizer import clip_tokenizer
-from pipeline.io import atomic_write, atomic_write_json
+from pipeline.io import atomic_write
 from pipeline.world.prior import generate_bank
-from pipeline.world.unet import MAX_TOKENS, _caption_ids, _ema_update, learning_rate
+from pipeline.world.unet import MAX_TOKENS, _caption_ids, _ema_update, learning_rate, publish_directory
 from pipeline.world.unet import build as build_pixel
 
 VAE_FACTOR = 2
@@ -292,15 +291,8 @@ def _export(out: Path, vae: AutoencoderKL, ema: dict, tok, sched, info: dict, re
         "vae_params": sum(p.numel() for p in vae.parameters()),
         "unet_params": sum(p.numel() for p in ema["unet"].parameters()),
         "text_params": sum(p.numel() for p in ema["text"].parameters()),
-        "sha256": {
-            f"{part}/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest()
-            for part in ("vae", "unet", "text_encoder")
-            for f in sorted((tmp / part).glob("*.safetensors"))
-        },
     }
-    atomic_write_json(tmp / "train.json", info)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    publish_directory(tmp, out, info, ("vae", "unet", "text_encoder"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -235,11 +235,17 @@ def _export(
         "loss_every_100": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 5) for i in range(0, step, 100)],
         "unet_params": sum(p.numel() for p in ema["unet"].parameters()),
         "text_params": sum(p.numel() for p in ema["text"].parameters()),
-        "sha256": {
-            f"{part}/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest()
-            for part in ("unet", "text_encoder")
-            for f in sorted((tmp / part).glob("*.safetensors"))
-        },
+    }
+    publish_directory(tmp, out, info, ("unet", "text_encoder"))
+
+
+def publish_directory(tmp: Path, out: Path, info: dict, parts: tuple[str, ...]) -> None:
+    """Finish a bundled pipeline directory written at `tmp`: record the sha256 of the weight files of `parts` in
+    `info` (verified on load) and write it as `train.json`, then put the directory in place of `out`."""
+    info["sha256"] = {
+        f"{part}/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest()
+        for part in parts
+        for f in sorted((tmp / part).glob("*.safetensors"))
     }
     atomic_write_json(tmp / "train.json", info)
     shutil.rmtree(out, ignore_errors=True)
