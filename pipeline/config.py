@@ -513,7 +513,9 @@ def _type_name(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        plural = {float: "numbers", int: "integers", str: "strings", bool: "true/false values"}.get(item)
+        return f"a list of {plural or 'values, each ' + _type_name(item)}"
     if origin is dict:
         return "a mapping"
     return {float: "a number", int: "an integer", str: "a string", bool: "true/false"}.get(tp, str(tp))
@@ -811,6 +813,9 @@ def _check_semantics(cfg: Config, src: str) -> None:
 
 def from_dict(data: dict[str, Any] | None, src: str = "params.yaml") -> Config:
     """Validate ``data`` (a parsed params.yaml) and return the typed :class:`Config`."""
+    if data is not None and not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"{src}: must be a mapping of sections (prompts:, guidance:, train:, ...), got a {kind}")
     data = {} if data is None else {k: v for k, v in data.items() if k != "preset"}
     cfg = _validate(data, src)
     _check_semantics(cfg, src)

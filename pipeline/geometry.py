@@ -224,11 +224,13 @@ def score_object(
     """Every measure for one trained world object (see the module docstring). For a second-stage object
     (`first_stage`: the first stage's model) the first stage's volume measures go beside them (`first_stage`), and
     the untrained init the gain is measured from is the first stage's."""
+    from pipeline.mesh import read_ply
     from pipeline.nerf.cameras import orbit_cameras
     from pipeline.nerf.model import load_model
     from pipeline.world.scenes import parse_caption
 
     model, cfg, ident = load_model(model_path)
+    verts, faces = read_ply(mesh_path)  # refused before the measures are spent on it
     try:
         _, shape = parse_caption(ident["prompt"])
     except ValueError as exc:
@@ -246,10 +248,6 @@ def score_object(
         out["first_stage"] = {k: before[k] for k in ("iou", "fog", "iou_scaled", "scale", "threshold")}
         out.update(init_iou=before["init_iou"], init_fog=before["init_fog"], iou_gain=out["iou"] - before["init_iou"])
 
-    import open3d as o3d
-
-    mesh = o3d.io.read_triangle_mesh(str(mesh_path))
-    verts, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
     if len(faces):
         points, normals = sample_mesh(verts, faces, SURFACE_POINTS, seed=1)
         out.update(surface_scores(points, normals, *true_surface(shape)))
@@ -263,6 +261,11 @@ def score_object(
         raise GeometryError(
             f"{views_path}: not a views.npz written by pipeline.views ({type(exc).__name__}); re-run its views job"
         ) from None
+    if not torch.isfinite(opacity).all() or opacity.min() < 0 or opacity.max() > 1 or len(azimuths) != len(opacity):
+        raise GeometryError(
+            f"{views_path}: opacity must be finite, in [0, 1], one image per azimuth (a corrupt file); re-run its "
+            "views job"
+        )
     truth = render_opacity(None, cfg, shape, orbit_cameras(cfg.camera, azimuths), opacity.shape[-1], cfg.views.samples)
     out["silhouette_iou"] = silhouette_iou(opacity, truth)
     out.update(export_agreement(views_path))
@@ -280,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--first-stage", default=None, help="the first stage's model.safetensors of a refined object")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    from pipeline.mesh import MeshFileError
     from pipeline.nerf.model import ModelFileError
     from pipeline.records import RecordError
 
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             first = Path(args.first_stage) if args.first_stage else None
             result = score_object(Path(args.model), Path(args.mesh), Path(args.views), first)
             atomic_write_json(args.out, result)
-    except (GeometryError, ModelFileError, RecordError) as exc:
+    except (GeometryError, ModelFileError, RecordError, MeshFileError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps({k: result[k] for k in METRICS}))
 

@@ -34,6 +34,50 @@ class EmptyField(ValueError):
     """Nothing in the field is above the iso-level."""
 
 
+class MeshFileError(ValueError):
+    """A mesh.ply that is not what the mesh stage wrote: cut short, foreign or corrupt."""
+
+
+def _ply_counts(path: Path) -> tuple[int, int]:
+    """(vertices, faces) that a PLY file's header declares; MeshFileError if it has no PLY header."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if not head.startswith(b"ply\n") or b"end_header\n" not in head:
+        raise MeshFileError("no PLY header")
+    counts = {"vertex": 0, "face": 0}
+    for line in head.split(b"end_header\n", 1)[0].decode("ascii", "replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "element" and parts[1] in counts and parts[2].isdigit():
+            counts[parts[1]] = int(parts[2])
+    return counts["vertex"], counts["face"]
+
+
+def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices [V, 3] and triangles [F, 3] of a mesh.ply, checked against its own header (open3d returns an empty
+    or partial mesh for a file cut short, which would be scored as 'no surface'), finite, with every face index in
+    range. MeshFileError names the file and the fix."""
+    import open3d as o3d
+
+    path = Path(path)
+    fix = "delete it and run the workflow again (its mesh job writes it anew)"
+    try:
+        n_vertices, n_faces = _ply_counts(path)
+    except MeshFileError:
+        raise MeshFileError(f"{path}: not a mesh.ply written by pipeline.mesh (no PLY header); {fix}") from None
+    mesh = o3d.io.read_triangle_mesh(str(path))
+    verts, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    if (len(verts), len(faces)) != (n_vertices, n_faces):
+        raise MeshFileError(
+            f"{path}: not a mesh.ply written by pipeline.mesh (its header declares {n_vertices} vertices and "
+            f"{n_faces} faces, {len(verts)} and {len(faces)} could be read: cut short or corrupt); {fix}"
+        )
+    if not np.isfinite(verts).all():
+        raise MeshFileError(f"{path}: vertices are NaN/Inf (a corrupt file); {fix}")
+    if len(faces) and (faces.min() < 0 or faces.max() >= len(verts)):
+        raise MeshFileError(f"{path}: a face index lies outside its {len(verts)} vertices (a corrupt file); {fix}")
+    return verts, faces
+
+
 class NonFiniteField(ValueError):
     """The field has NaN/Inf densities: a failure, never an 'empty' success."""
 

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from pipeline.config import Config
 from pipeline.io import atomic_path, atomic_write, atomic_write_json, located_os_errors
+from pipeline.mesh import MeshFileError, read_ply
 from pipeline.nerf.cameras import Cameras, orbit_cameras, rays
 from pipeline.nerf.model import Model, ModelFileError, load_model
 from pipeline.nerf.renderer import Shading, render_chunked
@@ -82,7 +83,13 @@ def mesh_colours(path: Path, cams: Cameras, resolution: int, background: np.ndar
     from pipeline import texture
     from pipeline.mesh import z_up
 
-    tm = trimesh.load(path, force="mesh", process=False)
+    try:
+        tm = trimesh.load(path, force="mesh", process=False)
+    except Exception as exc:  # trimesh raises many types for a cut-short or foreign file
+        raise MeshFileError(
+            f"{path}: not a mesh written by pipeline.mesh ({type(exc).__name__}: {exc}); delete it and run the "
+            "workflow again (its mesh job writes it anew)"
+        ) from None
     vertices = z_up(np.asarray(tm.vertices)) if path.suffix == ".glb" else np.asarray(tm.vertices)
     faces = np.asarray(tm.faces)
     n = len(cams)
@@ -203,6 +210,8 @@ def run(
     out_dir = Path(out_dir)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, ident = load_model(model_path, device)
+    if mesh_path is not None:
+        read_ply(mesh_path)  # refused before the views are spent on it
     v = cfg.views
     azimuths = eval_azimuths(v.azimuths)
     cams = orbit_cameras(cfg.camera, azimuths).to(device)
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with located_os_errors():
             info = run(args.model, args.mesh, args.out_dir, glb_path=args.glb)
-    except ModelFileError as exc:
+    except (ModelFileError, MeshFileError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps(info))
 

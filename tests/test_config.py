@@ -16,55 +16,6 @@ def test_params_yaml_loads():
     assert list(cfgmod.variants(cfg)) == ["world-w10-uniform"]
 
 
-@pytest.mark.parametrize(
-    ("data", "needle"),
-    [
-        (
-            {"guidance": {"sclae": 3}},
-            "unknown key guidance.sclae (did you mean guidance.scale?); allowed keys under guidance: name, model",
-        ),
-        ({"trian": {"steps": 3}}, "unknown key trian (did you mean train?); allowed keys under the top level"),
-        ({"camera": {"distanse": [1, 2]}}, "unknown key camera.distanse (did you mean camera.distance?)"),
-        ({"bogus": 1}, "unknown key bogus"),
-        ({"guidance": {"scale": "big"}}, "guidance.scale must be a number, got 'big'"),
-        ({"guidance": {"scale": -3}}, "guidance.scale must be >= 0.0, got -3"),
-        ({"guidance": {"name": "imagen"}}, "guidance.name must be one of 'world', 'world-unet'"),
-        ({"schedule": {"name": "cosine"}}, "schedule.name must be one of 'uniform', 'anneal', 'step', 'hifa'"),
-        ({"schedule": {"t_max": 1.5}}, "schedule.t_max values must lie in [0, 1]"),
-        ({"schedule": {"t_min": 0.9, "t_max": 0.5}}, "schedule.t_min (0.9) must be below schedule.t_max (0.5)"),
-        ({"schedule": {"name": "anneal"}}, "schedule.name=anneal needs schedule.t_max"),
-        ({"train": {"steps": 0}}, "train.steps must be >= 1, got 0"),
-        ({"train": {"steps": 1.5}}, "train.steps must be an integer, got 1.5"),
-        ({"train": {"steps": True}}, "train.steps must be an integer, got True"),
-        ({"tracking": {"enabled": "yes"}}, "tracking.enabled must be true/false"),
-        ({"camera": {"distance": [3, 2]}}, "camera.distance must be [low, high]"),
-        ({"seeds": [0, 0]}, "seeds must be a non-empty list of distinct integers"),
-        ({"seeds": [-1]}, "seeds must be a non-empty list of distinct integers >= 0, got [-1]"),
-        ({"train": {"lr": "1e-3", "steps": "ten"}}, "train.steps must be an integer, got 'ten'"),
-        ({"guidance": 5}, "guidance must be a mapping"),
-        (
-            {"sweep": {"guidance.scael": [1, 2]}},
-            "sweep key 'guidance.scael' is not a params key (no 'guidance.scael') (did you mean guidance.scale?)",
-        ),
-        ({"sweep": {"guidance.scale": [10, -1]}}, "guidance.scale must be >= 0.0, got -1"),
-        ({"sweep": {"guidance.scale": []}}, "sweep.guidance.scale must be a non-empty list"),
-        ({"train": {"orientation_weight": [0, 1, 2]}}, "train.orientation_weight must be a number or [start_step"),
-    ],
-)
-def test_invalid_values_name_the_key(data, needle):
-    with pytest.raises(ConfigError) as err:
-        from_dict(data)
-    assert needle in str(err.value)
-    assert str(err.value).startswith("params.yaml")
-
-
-def test_yaml_syntax_error_names_file(tmp_path):
-    p = tmp_path / "params.yaml"
-    p.write_text("guidance: [1,\n  scale: 3\n")
-    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML"):
-        cfgmod.load(p)
-
-
 def test_scheduled_value_notation():
     assert scheduled(0.5, 123) == 0.5
     s = [100, 1.0, 3.0, 300]
@@ -234,24 +185,6 @@ def test_strings_from_the_command_line_are_coerced(data, key, expected):
     assert getattr(getattr(cfg, key[0]), key[1]) == expected
 
 
-@pytest.mark.parametrize(
-    ("data", "needle"),
-    [
-        ({"train": {"lr": "fast"}}, "train.lr must be a number, got 'fast'"),
-        ({"train": {"lr": "-1"}}, "train.lr must be > 0.0, got -1.0"),
-        ({"train": {"steps": "1.5"}}, "train.steps must be an integer, got 1.5"),
-        ({"tracking": {"enabled": "yes please"}}, "tracking.enabled must be true/false, got 'yes please'"),
-        ({"guidance": {"scale": "nan"}}, "guidance.scale must be a finite number, got nan"),
-        ({"guidance": {"scale": float("inf")}}, "guidance.scale must be a finite number, got inf"),
-        ({"schedule": {"name": "anneal", "t_max": [0, 0.98, float("nan"), 10]}}, "schedule.t_max must be a finite"),
-    ],
-)
-def test_coerced_strings_that_are_wrong_keep_their_errors(data, needle):
-    with pytest.raises(ConfigError) as err:
-        from_dict(data)
-    assert needle in str(err.value)
-
-
 def test_ablation_variants_change_one_thing_each():
     cfg = from_dict({"ablation": {"grid": {"nerf.kind": "grid"}, "sum": {"train.sds_reduction": "sum"}}})
     vs = cfgmod.variants(cfg)
@@ -260,26 +193,6 @@ def test_ablation_variants_change_one_thing_each():
     assert base.digest() == cfgmod.variants(from_dict({}))["world-w10-uniform"].digest()  # = the plain default run
     assert vs["world-w10-uniform-grid"].nerf.kind == "grid" and vs["world-w10-uniform-grid"].train == base.train
     assert vs["world-w10-uniform-sum"].train.sds_reduction == "sum" and vs["world-w10-uniform-sum"].nerf == base.nerf
-
-
-@pytest.mark.parametrize(
-    ("data", "needle"),
-    [
-        ({"ablation": {"x": {"nerf.kindd": "grid"}}}, "ablation.x): sweep key 'nerf.kindd' is not a params key"),
-        ({"ablation": {"x": {"nerf.kind": "octree"}}}, "nerf.kind must be one of 'grid', 'pyramid'"),
-        ({"ablation": {"a b": {"nerf.kind": "grid"}}}, "ablation.a b must be a name"),
-        ({"ablation": {"x": {}}}, "ablation.x must be a name"),
-        ({"ablation": {"x": {"nerf.kind": "grid"}}, "sweep": {"guidance.scale": [1, 2]}}, "not both"),
-        ({"prompts": {"benchmark": "../../escape"}}, "prompts.benchmark must be a plain file name"),
-        ({"prompts": {"benchmark": "a$(touch PWNED)"}}, "prompts.benchmark must be a plain file name"),
-        ({"nerf": {"kind": "pyramid", "levels": [32, 16]}}, "nerf.levels must be increasing"),
-        ({"nerf": {"unlock_steps": [10, 5]}}, "nerf.unlock_steps must be [start, end]"),
-    ],
-)
-def test_recipe_and_name_errors(data, needle):
-    with pytest.raises(ConfigError) as err:
-        from_dict(data)
-    assert needle in str(err.value)
 
 
 def test_swept_strings_make_safe_variant_names():

@@ -106,7 +106,17 @@ def verify_checksums(root: Path) -> None:
 
 
 def model_index(root: Path) -> dict[str, Any]:
-    return json.loads((root / "model_index.json").read_text())
+    """The directory's model_index.json, which must be a readable JSON object (GuidanceLoadError naming it if not)."""
+    path = root / "model_index.json"
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GuidanceLoadError(f"{path}: missing; is {root} a model directory saved by diffusers?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GuidanceLoadError(f"{path}: not readable JSON ({exc}); download the model again") from None
+    if not isinstance(index, dict):
+        raise GuidanceLoadError(f"{path}: must be a JSON object naming each component; download the model again")
+    return index
 
 
 def weights_variant(root: Path, name: str, variant: str | None) -> str | None:
@@ -146,6 +156,11 @@ def load_component(root: Path, name: str, variant: str | None = None, **kwargs: 
     entry = index.get(name)
     if not entry or entry[0] is None:
         raise GuidanceLoadError(f"{root}: model_index.json has no '{name}' component; is this the right kind of model?")
+    if not isinstance(entry, list) or len(entry) != 2:
+        raise GuidanceLoadError(
+            f"{root / 'model_index.json'}: component '{name}' must be [library, class], got {entry!r}; fix the index "
+            "or use a directory saved by diffusers"
+        )
     library, cls_name = entry
     cls = component_class(root, name, library, cls_name)
     try:
