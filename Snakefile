@@ -29,6 +29,15 @@ localrules:
     publish,
 
 
+onstart:
+    # each training object's step, speed and ETA on the console (LAB_PROGRESS_EVERY seconds; 0 = off)
+    if workflow.is_main_process:
+        from snakemake.logging import logger
+        from pipeline import progress
+
+        progress.start(training_objects(), logger)
+
+
 rule all:
     input:
         f"{REPORT}/index.html",

@@ -170,3 +170,15 @@ def first_stage(wildcards):
     """The first stage's model, for geometry's side-by-side scores, when the variant refines."""
     refines = VARIANTS[wildcards.variant].refine.enabled
     return [os.path.join(OBJ.format(**wildcards), "model.safetensors")] if refines else []
+
+
+def training_objects():
+    """{name: (folder, steps)} of every object this run trains, for the console's progress block
+    (pipeline/progress.py); names carry the variant when there are several."""
+    several = len(VARIANTS) > 1
+    return {
+        (f"{v}/" if several else "") + f"{p}/seed{s}": (f"{RESULTS}/{v}/{p}/seed{s}", VARIANTS[v].train.steps)
+        for v in VARIANTS
+        for p in PROMPT_IDS
+        for s in SEEDS
+    }
