@@ -38,6 +38,16 @@ onstart:
         progress.start(training_objects(), logger)
 
 
+onerror:
+    # each failed job's own error in one line, from the job logs this run wrote
+    if workflow.is_main_process:
+        from snakemake.logging import logger
+        from pipeline import progress
+
+        for line in progress.failures(LOG_DIRS, RUN_STARTED):
+            logger.error(line)
+
+
 rule all:
     input:
         f"{REPORT}/index.html",

@@ -12,6 +12,11 @@ step, with its wall time), from the Snakemake process, and prints a short block 
 It works with any `--logger` (the lines go through Snakemake's logger) and any executor whose results folder this
 machine sees (local, SLURM on a shared file system). The Snakefile starts it in `onstart`, which dry runs never
 reach; `LAB_PROGRESS_EVERY` sets the seconds between blocks (default 30; 0 switches it off).
+
+When a run fails, `failures` gives each failed job's own error in one line, from the job logs written since the run
+started (each stage ends a located error with a line `error: <file>: <what and the fix>`):
+
+    failed: views/world-w10-uniform/a-red-cube-97fc58e3-seed0: results/…/mesh.ply: not a mesh.ply written by …
 """
 
 from __future__ import annotations
@@ -120,6 +125,29 @@ def render(progress: list[ObjectProgress]) -> list[str]:
         lines.append(f"  … and {len(running) - MAX_LINES} more")
     lines += [f"  failed: {p.name} diverged (its diverged.json says why)" for p in progress if p.state == "failed"]
     return lines
+
+
+def failures(log_dirs: list[str | Path], since: float) -> list[str]:
+    """One line per job log under `log_dirs` written since `since` (unix time) that ends in an error: the stage's
+    located `error: …` line, else a traceback's last line."""
+    found = []
+    for root in map(Path, log_dirs):
+        for log in sorted(root.rglob("*.log")) if root.is_dir() else []:
+            try:
+                if log.stat().st_mtime < since:
+                    continue
+                with open(log, "rb") as fh:
+                    fh.seek(max(0, log.stat().st_size - TAIL_BYTES))
+                    lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            except OSError:
+                continue
+            located = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+            crashed = any(ln.startswith("Traceback (most recent call last)") for ln in lines)
+            if located or crashed:
+                found.append(
+                    f"failed: {log.relative_to(root).with_suffix('')}: {located[-1] if located else lines[-1]}"
+                )
+    return found
 
 
 class Watcher(threading.Thread):

@@ -1,6 +1,7 @@
 # Shared state for every rule: the validated config, the variant grid and the prompt set.
 import os
 import sys
+import time
 
 sys.path.insert(0, workflow.basedir)
 
@@ -43,6 +44,8 @@ def _preflight():
 _preflight()
 
 RESULTS = f"results/{BENCH}"
+LOG_DIRS = [f"{RESULTS}/logs", "results/world/logs"]  # every job's log file is under one of these
+RUN_STARTED = time.time()  # job logs older than this are from earlier runs
 STUDY = CFG.study or BENCH
 REPORT = f"reports/{STUDY}"  # outside results/ so DVC metrics do not overlap the results output
 PROMPT_IDS = [p.id for p in PROMPTS]

@@ -116,3 +116,32 @@ def test_a_workflow_run_shows_each_training_object_on_its_console(workdir):
     blocks = [line for line in out.splitlines() if line.startswith("training: ")]
     assert blocks and all(" of 2 objects done" in b for b in blocks), out[-3000:]
     assert any("/300  " in line and line.lstrip().startswith("a-red-cube-") for line in out.splitlines()), out[-3000:]
+    # a failed job's own located error, one line on the console (not only in its log file)
+    model = next(workdir.glob("results/primitives/*/a-red-cube-*/seed0/model.safetensors"))
+    model.write_bytes(model.read_bytes()[:100])
+    bad = subprocess.run([*cmd, "--until", "mesh"], cwd=workdir, capture_output=True, text=True, env=env)
+    assert bad.returncode != 0
+    failed = [line for line in (bad.stdout + bad.stderr).splitlines() if line.startswith("failed: ")]
+    variant = model.parents[2].name
+    where = (
+        f"failed: mesh/{variant}/{model.parents[1].name}-seed0: {model.relative_to(workdir)}: not a readable model ("
+    )
+    assert len(failed) == 1 and failed[0].startswith(where), bad.stdout[-3000:] + bad.stderr[-3000:]
+    assert failed[0].endswith("delete it and run the workflow again (its training job writes it anew)")
+
+
+def test_failures_are_the_jobs_own_located_errors(tmp_path):
+    logs = tmp_path / "logs"
+    (logs / "views" / "v").mkdir(parents=True)
+    (logs / "views" / "v" / "p-seed0.log").write_text("warming up\nerror: a/mesh.ply: not a mesh.ply; delete it\n")
+    (logs / "views" / "v" / "q-seed0.log").write_text("Traceback (most recent call last):\n  x\nKeyError: 'opacity'\n")
+    (logs / "views" / "v" / "fine-seed0.log").write_text("rendered 8 views\n")
+    old = logs / "views" / "v" / "old-seed0.log"
+    old.write_text("error: from an earlier run\n")
+    import os
+
+    os.utime(old, (1000.0, 1000.0))
+    assert progress.failures([logs, tmp_path / "absent"], since=2000.0) == [
+        "failed: views/v/p-seed0: a/mesh.ply: not a mesh.ply; delete it",
+        "failed: views/v/q-seed0: KeyError: 'opacity'",
+    ]
