@@ -21,6 +21,14 @@ Definitions (one place; the report, MLflow and DVC use these names):
   prior conditioned on a caption cannot tell an object's absolute size from the camera's distance and focal length,
   so iou partly measures size; iou_scaled measures the shape (one fixed camera
   makes the same recipe's objects 1.1–1.7× too large, the default camera spread 0.74–0.88×).
+* **surface_error** — mean |sdf| of the true primitive at `SURFACE_POINTS` points sampled uniformly on the extracted
+  mesh (world units; primitives have radius ≈ 0.5): how far the surface a user takes away lies from the true one.
+  None for an empty mesh.
+* **mesh_iou** — 3D IoU of the extracted mesh's solid with the true solid on the `GRID`³ grid of iou: a point is
+  inside the mesh by ray parity (open3d's occupancy, the mean of `OCCUPANCY_RAYS` rays). iou scores the field at the
+  iso-level; this scores what was exported from it. 0 for an empty mesh.
+* **watertight** — 1 if the extracted mesh is a closed 2-manifold (`pipeline.mesh.watertight`: every edge shared by
+  exactly two faces, every vertex manifold), else 0; its mean is the share of watertight meshes. 0 for an empty mesh.
 * **iou_gain** — iou − init_iou: what training added to the init's 3D IoU. init_iou (and init_fog) score the
   untrained field the object started from (`pipeline.train.initial_model`, same config and seed) like iou: a density
   init shaped like a ball already overlaps radius-0.5 primitives (recipe2's capped blob alone: IoU 0.54), and
@@ -56,6 +64,8 @@ SURFACE_POINTS = 20_000
 """Points sampled on each surface for chamfer and normal consistency."""
 TRUTH_GRID = 160
 """Marching-cubes grid of the true surface."""
+OCCUPANCY_RAYS = 3
+"""Rays per point voting inside/outside for mesh_iou (one ray grazing an edge can miscount its crossings)."""
 SCALES = tuple(round(0.6 + 0.01 * i, 2) for i in range(81))
 """Isotropic scales of the truth searched by iou_scaled."""
 
@@ -150,6 +160,30 @@ def surface_scores(
     nc_ab = np.abs((normals * true_normals[i_ab]).sum(1)).mean()
     nc_ba = np.abs((true_normals * normals[i_ba]).sum(1)).mean()
     return {"chamfer": float(chamfer), "normal_consistency": float(0.5 * (nc_ab + nc_ba))}
+
+
+def mesh_scores(verts: np.ndarray, faces: np.ndarray, shape: str, bound: float) -> dict[str, float | None]:
+    """chamfer, normal_consistency, surface_error, mesh_iou and watertight of a triangle mesh against primitive
+    `shape` (see the module docstring)."""
+    import open3d as o3d
+
+    from pipeline.mesh import watertight
+    from pipeline.world.scenes import sdf
+
+    if not len(faces):
+        return {"chamfer": None, "normal_consistency": None, "surface_error": None, "mesh_iou": 0.0, "watertight": 0.0}
+    points, normals = sample_mesh(verts, faces, SURFACE_POINTS, seed=1)
+    out: dict[str, float | None] = dict(surface_scores(points, normals, *true_surface(shape)))
+    out["surface_error"] = float(sdf(shape, torch.from_numpy(points).float()).abs().mean())
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
+    grid = grid_points(bound)
+    query = o3d.core.Tensor(grid.numpy().astype(np.float32))
+    inside = torch.from_numpy(scene.compute_occupancy(query, nsamples=OCCUPANCY_RAYS).numpy() > 0.5)
+    out["mesh_iou"] = _iou(inside, sdf(shape, grid) < 0)
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
+    out["watertight"] = float(watertight(mesh))
+    return out
 
 
 def silhouette_iou(opacity: Tensor, true_opacity: Tensor) -> float:
@@ -248,11 +282,7 @@ def score_object(
         out["first_stage"] = {k: before[k] for k in ("iou", "fog", "iou_scaled", "scale", "threshold")}
         out.update(init_iou=before["init_iou"], init_fog=before["init_fog"], iou_gain=out["iou"] - before["init_iou"])
 
-    if len(faces):
-        points, normals = sample_mesh(verts, faces, SURFACE_POINTS, seed=1)
-        out.update(surface_scores(points, normals, *true_surface(shape)))
-    else:
-        out.update(chamfer=None, normal_consistency=None)
+    out.update(mesh_scores(verts, faces, shape, cfg.nerf.bound))
 
     try:
         with np.load(views_path) as z:

@@ -148,6 +148,13 @@ def clean(mesh, min_component_fraction: float, target_triangles: int = 0, smooth
     return mesh
 
 
+def watertight(mesh) -> bool:
+    """A closed 2-manifold: every edge shared by exactly two faces, every vertex manifold. (open3d's is_watertight
+    also demands no self-intersection, which its test reports for nearly every marching-cubes mesh: touching
+    triangles.)"""
+    return bool(mesh.is_edge_manifold(allow_boundary_edges=False) and mesh.is_vertex_manifold())
+
+
 def stats(mesh) -> dict[str, Any]:
     _, counts, _ = mesh.cluster_connected_triangles()
     bbox = mesh.get_axis_aligned_bounding_box()
@@ -155,9 +162,7 @@ def stats(mesh) -> dict[str, Any]:
         "vertices": len(mesh.vertices),
         "triangles": len(mesh.triangles),
         "components": len(counts),
-        # closed 2-manifold; open3d's is_watertight also demands no self-intersection, which its test reports for
-        # nearly every marching-cubes mesh (touching triangles), so that is reported separately
-        "watertight": bool(mesh.is_edge_manifold(allow_boundary_edges=False) and mesh.is_vertex_manifold()),
+        "watertight": watertight(mesh),
         "self_intersecting": bool(mesh.is_self_intersecting()),
         "bbox_min": np.asarray(bbox.min_bound).round(4).tolist(),
         "bbox_max": np.asarray(bbox.max_bound).round(4).tolist(),

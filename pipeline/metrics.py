@@ -50,6 +50,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("normal_consistency", "normal consistency", True, "normal consistency", matters=0.03, valid=(-1.0, 1.0)),
     Metric("silhouette_iou", "silhouette IoU", True, "silhouette IoU", matters=0.05),
     Metric(
+        "surface_error",
+        "mean distance of the mesh surface from the true surface",
+        False,
+        "mesh surface error",
+        matters=0.005,
+        valid=(0.0, math.inf),
+    ),
+    Metric("mesh_iou", "3D IoU of the exported mesh's solid", True, "mesh IoU", matters=0.05),
+    Metric("watertight", "watertight meshes (share)", True, "watertight", matters=0.1),
+    Metric(
         "iou_gain",
         "3D IoU gained by training (over the untrained init)",
         True,

@@ -130,3 +130,46 @@ def test_scale_aligned_iou_forgives_size_not_shape():
     plain = g.volume_scores(shifted, _sphere_sdf(pts), 2.77)["iou"]
     iou, scale = g.scale_aligned_iou(shifted, _sphere_sdf, pts, 2.77)
     assert plain <= iou < 0.7 and scale >= 1.0
+
+
+def _mesh_of(shape: str, scale: float = 1.0, resolution: int = 96):
+    """The primitive's surface as the mesh stage leaves a mesh: marching cubes of its sdf, then `clean`."""
+    import mcubes
+    import open3d as o3d
+
+    from pipeline.mesh import clean
+    from pipeline.world.scenes import sdf
+
+    ext = 0.75
+    pts = g.grid_points(ext, resolution)
+    d = sdf(shape, pts / scale).reshape(resolution, resolution, resolution).numpy()
+    v, f = mcubes.marching_cubes(-d, 0.0)
+    mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(v * (2 * ext / (resolution - 1)) - ext), o3d.utility.Vector3iVector(f)
+    )
+    mesh = clean(mesh, 0.05)
+    return np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+
+
+@pytest.mark.parametrize("shape", ["cube", "sphere", "cylinder", "cone", "torus", "pyramid"])
+def test_the_true_surface_as_a_mesh_scores_as_the_truth(shape):
+    out = g.mesh_scores(*_mesh_of(shape), shape, 1.0)
+    assert out["surface_error"] < 0.002 and out["mesh_iou"] > 0.97 and out["watertight"] == 1.0
+    assert out["normal_consistency"] > 0.97 and out["chamfer"] < 0.01
+
+
+def test_mesh_measures_of_a_sphere_too_large_a_hole_and_no_mesh():
+    """A sphere of radius 0.6 against the world's 0.5: every surface point 0.1 off, solid IoU (0.5/0.6)³ = 0.579."""
+    verts, faces = _mesh_of("sphere", scale=1.2)
+    out = g.mesh_scores(verts, faces, "sphere", 1.0)
+    assert out["surface_error"] == pytest.approx(0.1, abs=0.002)
+    assert out["mesh_iou"] == pytest.approx((0.5 / 0.6) ** 3, abs=0.02) and out["watertight"] == 1.0
+    assert g.mesh_scores(verts, faces[1:], "sphere", 1.0)["watertight"] == 0.0  # one face gone: a hole
+    empty = g.mesh_scores(np.zeros((0, 3)), np.zeros((0, 3), np.int64), "sphere", 1.0)
+    assert empty == {
+        "chamfer": None,
+        "normal_consistency": None,
+        "surface_error": None,
+        "mesh_iou": 0.0,
+        "watertight": 0.0,
+    }

@@ -74,6 +74,9 @@ def test_full_tiny_run_with_mlflow(workdir):
             "silhouette_iou",
             "iou_gain",
             "iou_scaled",
+            "surface_error",
+            "mesh_iou",
+            "watertight",
             "mesh_silhouette_iou",
             "mesh_colour_psnr",
         }
