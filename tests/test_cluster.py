@@ -93,6 +93,7 @@ def test_sigkill_mid_training_then_retry_resumes_to_the_same_weights(workdir):
     assert json.loads((killed / "metrics.json").read_text())["resumed_from"] >= step
     a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert all(__import__("torch").equal(a[k], b[k]) for k in a)
+    assert (full / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
 
 
 def test_sigint_mid_training_checkpoints_that_step_and_resumes_to_the_same_weights(workdir):
@@ -120,6 +121,7 @@ def test_sigint_mid_training_checkpoints_that_step_and_resumes_to_the_same_weigh
         assert json.loads((cut / "metrics.json").read_text())["resumed_from"] == step
         a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
         assert all(__import__("torch").equal(a[k], b[k]) for k in a)
+        assert (full / "model.safetensors").read_bytes() == (cut / "model.safetensors").read_bytes()
 
 
 def test_ctrl_c_on_snakemake_keeps_the_training_done(workdir):

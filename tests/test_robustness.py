@@ -23,6 +23,33 @@ def test_unwritable_output_folder(tmp_path):
         train(from_dict(TINY), "p", "a red cube.", 0, blocker / "out", object())
 
 
+def test_a_full_disk_mid_training_resumes_to_byte_identical_files(tmp_path, monkeypatch):
+    """ENOSPC on the second checkpoint write stops the job with the disk's error; once space is back the next run
+    resumes from the first checkpoint to the same bytes as a run that never stopped."""
+    import pipeline.checkpoint as ck
+    from pipeline.world.prior import ClosedFormWorldPrior, generate_bank
+
+    cfg = from_dict(TINY)
+    prior = ClosedFormWorldPrior(generate_bank(cfg), torch.device("cpu"))
+    train(cfg, "p", "a red cube.", 0, tmp_path / "full", prior)
+    real, calls = ck.save_file, []
+
+    def fills_up(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ck, "save_file", fills_up)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, "p", "a red cube.", 0, tmp_path / "cut", prior)
+    monkeypatch.undo()
+    assert checkpoint_step(tmp_path / "cut" / "checkpoint") == cfg.train.checkpoint_every
+    assert train(cfg, "p", "a red cube.", 0, tmp_path / "cut", prior)["resumed_from"] == cfg.train.checkpoint_every
+    full, cut = (tmp_path / "full" / "model.safetensors"), (tmp_path / "cut" / "model.safetensors")
+    assert full.read_bytes() == cut.read_bytes()
+
+
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     import pipeline.checkpoint as tr
     from pipeline.nerf.model import Model
