@@ -17,6 +17,7 @@ import csv
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,19 @@ def analyse(
     return out
 
 
+def _identical(c: stats.Comparison) -> bool:
+    """Every paired difference is exactly 0 (a measure both variants max out, or a setting that changes nothing)."""
+    return c.n > 1 and c.delta == 0 and math.isnan(c.d_z) and tuple(c.delta_ci) == (0.0, 0.0)
+
+
+def _dz(c: stats.Comparison) -> str:
+    """d_z, or '–' where it is undefined (no spread in the paired differences)."""
+    return f"{c.d_z:+.2f}" if math.isfinite(c.d_z) else "–"
+
+
 def _verdict(c: stats.Comparison, m: Metric) -> str:
+    if _identical(c):
+        return "identical on every object"
     if not c.separates:
         return "no detectable difference"
     better = (c.delta > 0) == m.higher_is_better
@@ -116,11 +129,13 @@ def _paragraph(m: Metric, comps: dict[str, stats.Comparison], mdd: float, names:
     for c in sep:
         text.append(
             f"{names[c.variant]} is {_verdict(c, m)}: Δ = {m.fmt(c.delta, True)}{m.unit} "
-            f"[{m.fmt(c.delta_ci[0], True)}, {m.fmt(c.delta_ci[1], True)}], d_z = {c.d_z:+.2f}, "
+            f"[{m.fmt(c.delta_ci[0], True)}, {m.fmt(c.delta_ci[1], True)}], d_z = {_dz(c)}, "
             f"Holm p = {c.p_holm:.3g}."
         )
     rest = [c for c in others if not c.separates]
-    if rest:
+    if rest and all(_identical(c) for c in others):
+        text.append(f"Every variant scores exactly as {names[baseline]} on every one of the {n} paired objects.")
+    elif rest:
         largest = max(rest, key=lambda c: abs(c.delta))
         text.append(
             ("No other variant" if sep else "No variant")
@@ -229,7 +244,7 @@ def _differences(
                 continue
             md.append(
                 f"| {m.label} | {names[v]} | {m.fmt(c.delta, True)} [{m.fmt(c.delta_ci[0], True)}, "
-                f"{m.fmt(c.delta_ci[1], True)}] | {c.d_z:+.2f} | {c.p:.3g} | {c.p_holm:.3g} | {m.fmt(mdd)} | "
+                f"{m.fmt(c.delta_ci[1], True)}] | {_dz(c)} | {c.p:.3g} | {c.p_holm:.3g} | {m.fmt(mdd)} | "
                 f"{_verdict(c, m)} |"
             )
     return md, rows
@@ -417,7 +432,9 @@ def summary(
             for c in sep
         ]
         rest = len(comps) - 1 - len(sep)
-        if rest:
+        if rest and all(_identical(c) for v, c in comps.items() if v != baseline):
+            parts.append("identical on every object")
+        elif rest:
             parts.append(f"{'the others' if sep else 'all'} within the MDD of {m.fmt(mdd)}{m.unit}")
         lines.append(f"- {m.label}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"

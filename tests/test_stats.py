@@ -111,8 +111,10 @@ def test_findings_separate_a_real_difference_and_state_the_mdd_otherwise(tmp_pat
     assert rows[("iou", "w = 10.0")]["verdict"] == "baseline"
     # identical per-object values: Δ = 0 exactly, p = 1, no difference claimed
     assert (
-        rows[("fog", "w = 3.0")]["verdict"] == "no detectable difference" and float(rows[("fog", "w = 3.0")]["p"]) == 1
+        rows[("fog", "w = 3.0")]["verdict"] == "identical on every object" and float(rows[("fog", "w = 3.0")]["p"]) == 1
     )
+    assert "Every variant scores exactly as w = 10.0 on every one of the 16 paired objects." in md
+    assert "nan" not in md.replace("Finan", "")  # no undefined d_z printed
     assert "w = 3.0 is better: Δ = +0.0" in md and "detects |Δ| ≥" in md
     assert "| 3D IoU | 0.0" in md.split("## What this design can detect")[1]
     assert (tmp_path / "findings.png").stat().st_size > 10_000
