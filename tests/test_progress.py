@@ -3,6 +3,7 @@
 import json
 import logging
 
+import pytest
 import yaml
 
 from pipeline import progress
@@ -89,6 +90,7 @@ def test_the_interval_comes_from_the_environment(monkeypatch, caplog):
     w.stop()
 
 
+@pytest.mark.e2e
 def test_a_workflow_run_shows_each_training_object_on_its_console(workdir):
     """Snakemake's onstart starts the watcher in the main process: the console gets the block while the jobs
     train; a dry run prints none of it."""
