@@ -245,11 +245,18 @@ report, the findings, MLflow and DVC see them with the other measures."""
 
 
 def export_agreement(views_path: Path) -> dict[str, float | None]:
+    """AGREEMENT from views.json, and `texture_psnr_gain`: the textured GLB's colour PSNR minus the vertex-coloured
+    PLY's, both against the same field renders of the same object (a paired difference: its mean's interval is the
+    texture-vs-vertex-colour ablation's)."""
     from pipeline.records import read_json
 
     record = Path(views_path).with_name("views.json")
     found = read_json(record) if record.exists() else {}
-    return {k: found.get(k) for k in AGREEMENT}
+    out = {k: found.get(k) for k in AGREEMENT}
+    textured, vertex = found.get("mesh_colour_psnr"), found.get("vertex_colour_psnr")
+    both = all(isinstance(x, int | float) and math.isfinite(x) for x in (textured, vertex))
+    out["texture_psnr_gain"] = float(textured - vertex) if both else None
+    return out
 
 
 def score_object(

@@ -83,6 +83,14 @@ METRICS: tuple[Metric, ...] = (
         matters=1.0,
         valid=(0.0, 100.0),
     ),
+    Metric(
+        "texture_psnr_gain",
+        "colour PSNR (dB) the UV texture gains over vertex colours (same mesh, same field renders)",
+        True,
+        "texture gain over vertex colours (dB)",
+        matters=0.5,
+        valid=(-100.0, 100.0),
+    ),
     Metric("color", "colour R-precision (%)", True, source="rprecision", percent=True, matters=0.05),
     Metric("shape", "shape hit (%)", True, source="rprecision", percent=True, matters=0.05),
 )

@@ -173,3 +173,25 @@ def test_mesh_measures_of_a_sphere_too_large_a_hole_and_no_mesh():
         "mesh_iou": 0.0,
         "watertight": 0.0,
     }
+
+
+def test_the_texture_gain_is_the_paired_difference_of_the_two_exports(tmp_path):
+    import json
+
+    views = tmp_path / "views.npz"
+    (tmp_path / "views.json").write_text(
+        json.dumps({"mesh_colour_psnr": 21.5, "vertex_colour_psnr": 19.25, "mesh_silhouette_iou": 0.9})
+    )
+    assert g.export_agreement(views) == {
+        "mesh_silhouette_iou": 0.9,
+        "mesh_colour_psnr": 21.5,
+        "texture_psnr_gain": 2.25,
+    }
+    (tmp_path / "views.json").write_text(json.dumps({"mesh_colour_psnr": 21.5}))  # no vertex-coloured measure
+    assert g.export_agreement(views)["texture_psnr_gain"] is None
+    (tmp_path / "views.json").unlink()
+    assert g.export_agreement(views) == {
+        "mesh_silhouette_iou": None,
+        "mesh_colour_psnr": None,
+        "texture_psnr_gain": None,
+    }

@@ -79,6 +79,7 @@ def test_full_tiny_run_with_mlflow(workdir):
             "watertight",
             "mesh_silhouette_iou",
             "mesh_colour_psnr",
+            "texture_psnr_gain",
         }
         for o in ev["geometry"]["objects"]:  # the untrained init scored on the same grid and threshold
             assert o["iou_gain"] == o["iou"] - o["init_iou"] and 0 <= o["init_iou"] <= 1 and 0 <= o["init_fog"] <= 1
