@@ -298,7 +298,9 @@ def score_object(
         raise GeometryError(
             f"{views_path}: not a views.npz written by pipeline.views ({type(exc).__name__}); re-run its views job"
         ) from None
-    if not torch.isfinite(opacity).all() or opacity.min() < 0 or opacity.max() > 1 or len(azimuths) != len(opacity):
+    tol = 1e-4  # a composited opacity may exceed 1 by float rounding (1.0000001 from the second stage's renders)
+    in_range = opacity.min() >= -tol and opacity.max() <= 1 + tol
+    if not torch.isfinite(opacity).all() or not in_range or len(azimuths) != len(opacity):
         raise GeometryError(
             f"{views_path}: opacity must be finite, in [0, 1], one image per azimuth (a corrupt file); re-run its "
             "views job"

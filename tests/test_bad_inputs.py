@@ -302,6 +302,13 @@ MESHES = [
     Bad("mesh.ply", "face index out of range", "a face index lies outside its 386 vertices"),
 ]
 
+GEOMETRY_VIEWS = [
+    Bad("views.npz (geometry)", {"opacity": np.full((2, 1, 8, 8), np.nan, np.float32)}, "opacity must be finite"),
+    Bad("views.npz (geometry)", {"opacity": np.full((2, 1, 8, 8), 1.5, np.float32)}, r"in \[0, 1\]"),
+    Bad("views.npz (geometry)", {"azimuths": np.array([0.0], np.float32)}, "one image per azimuth"),
+    Bad("views.npz (geometry)", {"opacity": None}, "not a views.npz written by pipeline.views"),
+]
+
 WORLD_BANKS = [
     Bad("world bank", "inverted", "world bank content does not match the checksum", "trained on"),
     Bad("world bank", "no checksum", r"built by an older version\); delete it and rebuild"),
@@ -320,6 +327,7 @@ CATALOGUE = [
     *CHECKPOINTS,
     *MODEL_DIRECTORIES,
     *MESHES,
+    *GEOMETRY_VIEWS,
     *WORLD_BANKS,
 ]
 
@@ -585,6 +593,25 @@ def _mesh_ply(tmp: Path, given: str) -> tuple[str, str]:
     return msgs.pop(), str(path)
 
 
+def _box_mesh(tmp: Path) -> Path:
+    import open3d as o3d
+
+    from pipeline.mesh import export
+
+    box = o3d.geometry.TriangleMesh.create_box(0.5, 0.5, 0.5).translate((-0.25, -0.25, -0.25))
+    export(box.subdivide_midpoint(3), tmp / "m")
+    return tmp / "m" / "mesh.ply"
+
+
+def _geometry_views(tmp: Path, given: dict) -> tuple[str, str]:
+    """The views a geometry job scores silhouettes from: non-finite, out of range, or not one image per azimuth."""
+    views = tmp / "views.npz"
+    arrays = {**_views(opacity=np.zeros((2, 1, 8, 8), np.float32)), "azimuths": np.array([0.0, 180.0], np.float32)}
+    arrays = {k: v for k, v in {**arrays, **given}.items() if v is not None}
+    np.savez(views, **arrays)
+    return _stage(lambda: _run_stage("geometry", tmp, _saved_model(tmp), _box_mesh(tmp), views)), str(views)
+
+
 def _world_bank(tmp: Path, given: str) -> tuple[str, str]:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -623,6 +650,7 @@ ENTRIES: dict[str, Callable[..., tuple[str, str]]] = {
     "checkpoint": _checkpoint,
     "model_index.json": _model_index,
     "mesh.ply": _mesh_ply,
+    "views.npz (geometry)": _geometry_views,
     "world bank": _world_bank,
 }
 

@@ -195,3 +195,25 @@ def test_the_texture_gain_is_the_paired_difference_of_the_two_exports(tmp_path):
         "mesh_colour_psnr": None,
         "texture_psnr_gain": None,
     }
+
+
+def test_an_opacity_a_rounding_step_above_one_is_scored(tmp_path):
+    """The second stage's composited opacity reaches 1.0000001 in float32: scored, not refused as corrupt (the
+    refine ablation's geometry jobs all failed on it)."""
+    import open3d as o3d
+
+    from pipeline.checkpoint import identity
+    from pipeline.config import from_dict
+    from pipeline.mesh import export
+    from pipeline.nerf.model import Model, save_model
+
+    cfg = from_dict(
+        {"nerf": {"kind": "grid", "resolution": 12}, "views": {"samples": 8}, "tracking": {"enabled": False}}
+    )
+    save_model(tmp_path / "model.safetensors", Model(cfg), cfg, identity(cfg, "p", "a red cube.", 0))
+    export(o3d.geometry.TriangleMesh.create_box(0.5, 0.5, 0.5).translate((-0.25, -0.25, -0.25)), tmp_path)
+    opacity = np.zeros((2, 1, 8, 8), np.float32)
+    opacity[:, :, 2:6, 2:6] = np.float32(1.0000001)
+    np.savez(tmp_path / "views.npz", opacity=opacity, azimuths=np.array([0.0, 180.0]))
+    out = g.score_object(tmp_path / "model.safetensors", tmp_path / "mesh.ply", tmp_path / "views.npz")
+    assert 0 <= out["silhouette_iou"] <= 1
