@@ -113,9 +113,11 @@ def render(progress: list[ObjectProgress]) -> list[str]:
         f"{count['waiting']} waiting, {count['failed']} failed"
     )
     rates = [p.rate for p in running if p.rate]
-    if running and len(rates) == len(running):  # every running object measured: remaining steps at today's speed
+    if running and len(rates) == len(running):  # every running object measured
+        # the remaining steps at today's total speed, but never before the slowest running object is done (objects
+        # trained together in one job move in lockstep: their speeds do not add up to finish any one sooner)
         left = sum(p.steps - p.step for p in running) + sum(p.steps for p in progress if p.state == "waiting")
-        head += f"; all done in ≈ {_duration(left / sum(rates))}"
+        head += f"; all done in ≈ {_duration(max(left / sum(rates), max(p.eta or 0.0 for p in running)))}"
     width = max((len(p.name) for p in running[:MAX_LINES]), default=0)
     lines = [head]
     for p in running[:MAX_LINES]:

@@ -57,6 +57,11 @@ def test_the_block_is_a_summary_and_one_short_line_per_running_object():
         "  a-blue-sphere/seed0   80/400  4.0 steps/s  ETA 1m20s",
         "  failed: a-cube/seed1 diverged (its diverged.json says why)",
     ]
+    lockstep = [
+        ObjectProgress("a/seed0", "training", 364, 400, 1.0),
+        ObjectProgress("b/seed0", "training", 331, 400, 1.0),
+    ]
+    assert render(lockstep)[0].endswith("all done in ≈ 1m09s")  # b's own 69 s, not the 52 s of pooled speed
     many = [ObjectProgress(f"p{i}/seed0", "training", 1, 10) for i in range(15)]
     block = render(many)
     assert block[0] == "training: 0 of 15 objects done, 15 running, 0 waiting, 0 failed"  # speeds not known yet
