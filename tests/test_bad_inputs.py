@@ -556,16 +556,19 @@ def _model_index(tmp: Path, given: Any, monkeypatch: pytest.MonkeyPatch) -> tupl
     return str(err.value), str(model / "model_index.json")
 
 
-def _mesh_ply(tmp: Path, given: str) -> tuple[str, str]:
-    """A mesh.ply cut short, foreign or corrupt, read by the geometry and views jobs: both refuse it."""
+def _box_mesh(tmp: Path) -> Path:
     import open3d as o3d
 
     from pipeline.mesh import export
 
     box = o3d.geometry.TriangleMesh.create_box(0.5, 0.5, 0.5).translate((-0.25, -0.25, -0.25))
-    box = box.subdivide_midpoint(3)
-    export(box, tmp / "m")
-    path = tmp / "m" / "mesh.ply"
+    export(box.subdivide_midpoint(3), tmp / "m")
+    return tmp / "m" / "mesh.ply"
+
+
+def _mesh_ply(tmp: Path, given: str) -> tuple[str, str]:
+    """A mesh.ply cut short, foreign or corrupt, read by the geometry and views jobs: both refuse it."""
+    path = _box_mesh(tmp)
     data = path.read_bytes()
     if given == "truncated":
         path.write_bytes(data[: len(data) * 2 // 3])
@@ -582,7 +585,8 @@ def _mesh_ply(tmp: Path, given: str) -> tuple[str, str]:
         if given == "nan vertices":
             arr[0 : size[kinds[0]]] = np.array(np.nan, "<f8" if kinds[0] == b"double" else "<f4").tobytes()
         else:  # the first face's first index, after the vertices (and the face's uchar count)
-            at = len(box.vertices) * sum(size[k] for k in kinds) + 1
+            vertices = int(re.search(rb"element vertex (\d+)", header).group(1))
+            at = vertices * sum(size[k] for k in kinds) + 1
             arr[at : at + 4] = np.uint32(10**6).tobytes()
         path.write_bytes(header + b"end_header\n" + bytes(arr))
     model = _saved_model(tmp)
@@ -591,16 +595,6 @@ def _mesh_ply(tmp: Path, given: str) -> tuple[str, str]:
     msgs = {_stage(lambda s=stage: _run_stage(s, tmp, model, path, views)) for stage in ("geometry", "views")}
     assert len(msgs) == 1, msgs
     return msgs.pop(), str(path)
-
-
-def _box_mesh(tmp: Path) -> Path:
-    import open3d as o3d
-
-    from pipeline.mesh import export
-
-    box = o3d.geometry.TriangleMesh.create_box(0.5, 0.5, 0.5).translate((-0.25, -0.25, -0.25))
-    export(box.subdivide_midpoint(3), tmp / "m")
-    return tmp / "m" / "mesh.ply"
 
 
 def _geometry_views(tmp: Path, given: dict) -> tuple[str, str]:
